@@ -1,0 +1,88 @@
+# d2l-bn: environments, tests and the book.
+#
+#   make book    build and execute the book (sets everything up first)
+#   make test    run all tests (sets everything up first)
+#
+# The four frameworks cannot share one Python environment (MXNet 1.9.1 needs numpy<1.24), so each
+# gets its own venv under .venv/, and one more holds the book and test tools. Each framework venv
+# registers a Jupyter kernel `d2l-bn-<framework>` inside the book venv, which runs the notebooks.
+
+PYTHON ?= python3.11
+FRAMEWORKS := torch jax tensorflow mxnet
+VENV := .venv
+BOOK_VENV := $(VENV)/book
+# Installs follow the ranges in requirements/<env>.txt, held to the exact versions that CI and the
+# committed notebook outputs were made with (requirements/lock/<env>.txt).
+PIP_INSTALL = --disable-pip-version-check --progress-bar off -q
+
+# Tests and notebooks read Fashion-MNIST from a local folder when there is one (CI, offline
+# machines); without it, d2l_bn downloads and md5-checks the canonical archives.
+SHARED_DATA := $(abspath ../shared/data/fashion-mnist)
+ifneq ($(wildcard $(SHARED_DATA)/train-images-idx3-ubyte.gz),)
+export D2L_BN_DATA ?= $(SHARED_DATA)
+endif
+
+# Which tests run in which environment.
+TESTS_torch := tests/test_data.py tests/test_training.py tests/test_torch.py
+TESTS_mxnet := tests/test_data.py
+TESTS_book := tests/test_envs.py
+
+TIMED := tools/timed
+PYTEST_FLAGS ?= -q
+export D2L_BN_NO_SKIPS := 1
+
+.PHONY: all envs book html test pytest lock clean $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+
+all: test
+
+envs: env-book $(FRAMEWORKS:%=env-%)
+
+env-book: $(BOOK_VENV)/.installed
+$(FRAMEWORKS:%=env-%): env-%: $(VENV)/%/.installed
+
+$(BOOK_VENV)/.installed: requirements/book.txt requirements/lock/book.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: MXNet needs Python 3.11 (set PYTHON=...)"; exit 1; }
+	test -x $(BOOK_VENV)/bin/python || $(PYTHON) -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/pip install $(PIP_INSTALL) -r requirements/book.txt -c requirements/lock/book.txt
+	touch $@
+
+# A framework venv: its requirements at the locked versions, d2l_bn itself (editable, no deps:
+# they came with the requirements), and its kernel registered in the book venv.
+$(VENV)/%/.installed: requirements/%.txt requirements/common.txt requirements/lock/%.txt pyproject.toml $(BOOK_VENV)/.installed
+	test -x $(VENV)/$*/bin/python || $(PYTHON) -m venv $(VENV)/$*
+	$(VENV)/$*/bin/pip install $(PIP_INSTALL) -r requirements/$*.txt -c requirements/lock/$*.txt
+	$(VENV)/$*/bin/pip install $(PIP_INSTALL) --no-deps -e .
+	$(VENV)/$*/bin/python -m ipykernel install --prefix $(abspath $(BOOK_VENV)) \
+		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $(KERNEL_ENV_$*)
+	touch $@
+
+# TensorFlow's C++ logging writes to stderr, which would end up in the notebooks' outputs.
+KERNEL_ENV_tensorflow := --env TF_CPP_MIN_LOG_LEVEL 3 --env TF_ENABLE_ONEDNN_OPTS 0
+
+# Rewrite the lock files from what the environments hold now (after changing a range: install,
+# check, then lock).
+lock: envs
+	for env in book $(FRAMEWORKS); do \
+		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$$env.txt; \
+	done
+
+test:
+	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory envs
+	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory pytest
+	@$(TIMED) "book build" $(MAKE) --no-print-directory html
+
+pytest: pytest-torch pytest-mxnet pytest-book
+
+pytest-torch pytest-mxnet pytest-book: pytest-%:
+	@$(TIMED) "pytest in $*" $(VENV)/$*/bin/python -m pytest $(PYTEST_FLAGS) $(TESTS_$*)
+
+book:
+	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory envs
+	@$(TIMED) "book build" $(MAKE) --no-print-directory html
+
+# The website from what is committed; executes nothing (warnings are errors).
+html: env-book
+	$(BOOK_VENV)/bin/jupyter-book build -n -W --keep-going -q .
+
+clean:
+	rm -rf _build

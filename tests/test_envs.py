@@ -1,0 +1,114 @@
+"""The environments: one venv per framework, each with its own Jupyter kernel in the book venv.
+
+Runs in the book venv (`make pytest-book`), which holds jupyter_client but no framework.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import start_new_kernel
+
+from conftest import ROOT
+
+FRAMEWORKS = ["torch", "jax", "tensorflow", "mxnet"]
+
+# What each kernel must be able to do: import its framework (and d2l_bn) and report versions.
+PROBES = {
+    "torch": "import torch; print('torch', torch.__version__)",
+    "jax": "import jax, flax, optax; print('jax', jax.__version__, jax.devices()[0].platform)",
+    "tensorflow": "import os, tensorflow as tf; print('tensorflow', tf.__version__, "
+                  "os.environ.get('TF_CPP_MIN_LOG_LEVEL'), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))",
+    "mxnet": "import mxnet, numpy; print('mxnet', mxnet.__version__, 'numpy', numpy.__version__)",
+}
+
+
+def run_in_kernel(kernel_name: str, code: str, timeout: float = 120) -> str:
+    """Execute ``code`` in a fresh kernel and return what it printed; fail on an error."""
+    manager, client = start_new_kernel(kernel_name=kernel_name, startup_timeout=timeout)
+    try:
+        outputs = []
+
+        def hook(message):
+            content = message["content"]
+            if message["msg_type"] == "stream":
+                outputs.append(content["text"])
+            elif message["msg_type"] == "error":
+                outputs.append("\n".join(content["traceback"]))
+
+        reply = client.execute_interactive(code, timeout=timeout, output_hook=hook)
+        text = "".join(outputs)
+        assert reply["content"]["status"] == "ok", f"{kernel_name} failed:\n{text}"
+        return text
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_kernel_is_registered_in_the_book_venv(framework):
+    spec = KernelSpecManager().get_kernel_spec(f"d2l-bn-{framework}")
+    assert Path(spec.resource_dir).is_relative_to(Path(sys.prefix)), \
+        "kernels belong to the book venv's data path, not the user's"
+    assert Path(spec.argv[0]) == ROOT / ".venv" / framework / "bin" / "python"
+    if framework == "tensorflow":
+        assert spec.env == {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_kernel_imports_its_framework_and_d2l_bn(framework):
+    text = run_in_kernel(f"d2l-bn-{framework}",
+                         PROBES[framework] + "\nimport d2l_bn; print(d2l_bn.__file__)")
+    lines = text.split()
+    assert lines[0] == framework, text
+    assert str(ROOT / "d2l_bn") in text, "d2l_bn must be the editable install of this checkout"
+    if framework == "torch":
+        assert "+cpu" in lines[1] or "cuda" not in text, text
+    if framework == "jax":
+        assert lines[2] in ("cpu", "gpu", "cuda"), text
+    if framework == "tensorflow":
+        assert lines[2:4] == ["3", "0"], "the TF kernel must silence TensorFlow's C++ logging"
+    if framework == "mxnet":
+        major, minor = map(int, lines[3].split(".")[:2])
+        assert (major, minor) < (1, 24), "MXNet 1.9.1 fails to import with numpy >= 1.24"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_environment_matches_its_lock_file(framework):
+    """Committed notebook outputs were made with the locked versions: the venvs must hold them."""
+    frozen = subprocess.run([ROOT / ".venv" / framework / "bin" / "pip", "freeze",
+                             "--exclude-editable", "--disable-pip-version-check"],
+                            capture_output=True, text=True, check=True).stdout
+    installed = {line for line in frozen.splitlines() if line and not line.startswith("d2l")}
+    locked = set((ROOT / "requirements" / "lock" / f"{framework}.txt").read_text().splitlines())
+    assert installed == locked, (f"missing: {sorted(locked - installed)}, "
+                                 f"extra: {sorted(installed - locked)}; rebuild with "
+                                 f"`rm -rf .venv/{framework} && make env-{framework}`, "
+                                 "or re-lock with `make lock`")
+
+
+def test_environments_are_up_to_date_so_rerunning_set_up_installs_nothing():
+    result = subprocess.run(["make", "-q", "envs"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, "make envs would do work: " + result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_missing_framework_names_the_make_target(framework):
+    # This venv has none of the frameworks: requiring one must say how to get it.
+    code = f"from d2l_bn._require import require; require({framework!r})"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode != 0
+    assert "ModuleNotFoundError" in result.stderr
+    assert f"make env-{framework}" in result.stderr
+    assert f"d2l-bn-{framework}" in result.stderr
+
+
+def test_importing_a_framework_module_without_its_framework_is_a_clear_error():
+    result = subprocess.run([sys.executable, "-c", "from d2l_bn import torch as d2l"], cwd=ROOT,
+                            capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "make env-torch" in result.stderr, result.stderr
