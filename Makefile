@@ -25,13 +25,15 @@ endif
 # Which tests run in which environment.
 TESTS_torch := tests/test_data.py tests/test_training.py tests/test_torch.py
 TESTS_mxnet := tests/test_data.py
-TESTS_book := tests/test_envs.py
+TESTS_book := tests/test_envs.py tests/test_notebooks.py
 
 TIMED := tools/timed
+BOOK_PY := $(BOOK_VENV)/bin/python
+PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs book html test pytest lock clean $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs book html notebooks execute nbval test pytest lock clean $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
@@ -69,6 +71,7 @@ lock: envs
 test:
 	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory envs
 	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory pytest
+	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
 
 pytest: pytest-torch pytest-mxnet pytest-book
@@ -78,11 +81,36 @@ pytest-torch pytest-mxnet pytest-book: pytest-%:
 
 book:
 	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory envs
+	@$(TIMED) "notebooks from the sources" $(MAKE) --no-print-directory notebooks
+	@$(TIMED) "execute stale notebooks" $(MAKE) --no-print-directory execute
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
 
-# The website from what is committed; executes nothing (warnings are errors).
+# chapters/*.md -> notebooks/<framework>/*.ipynb; a notebook whose inputs are unchanged keeps its
+# outputs.
+notebooks: env-book
+	$(PIPELINE) split
+
+# Run, each in its framework's kernel, the notebooks whose inputs (cells, lock file, d2l_bn code)
+# changed since they were last executed; the others are left alone.
+execute: envs
+	$(PIPELINE) execute
+
+# The website from the executed notebooks: merge each page's frameworks, then build. The build
+# executes nothing; warnings are errors.
 html: env-book
+	$(PIPELINE) merge
 	$(BOOK_VENV)/bin/jupyter-book build -n -W --keep-going -q .
+
+# nbval re-executes every committed notebook in its framework's kernel and compares the outputs
+# with the committed ones (tools/nbval-sanitize.cfg lists what may legitimately differ).
+NOTEBOOK_FILES := $(sort $(wildcard notebooks/*/*.ipynb))
+nbval: envs
+	@for nb in $(NOTEBOOK_FILES); do \
+		framework=$$(basename $$(dirname $$nb)); \
+		$(TIMED) "nbval $$nb" $(BOOK_PY) -m pytest -q -p no:cacheprovider --nbval $$nb \
+			--nbval-kernel-name d2l-bn-$$framework \
+			--nbval-sanitize-with tools/nbval-sanitize.cfg || exit 1; \
+	done
 
 clean:
 	rm -rf _build

@@ -29,13 +29,20 @@ import gzip
 import math
 import os
 import uuid
+import warnings
 import zlib
 from numbers import Integral
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import pooch
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():
+    # pooch imports tqdm.auto, which warns on stderr in a Jupyter kernel without ipywidgets; no
+    # progress bar of pooch's is used here.
+    warnings.simplefilter("ignore", TqdmWarning)
+    import pooch
 
 # Archive name -> md5, as published by Zalando Research (and listed by torchvision).
 FILES = {

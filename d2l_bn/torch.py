@@ -1,0 +1,366 @@
+"""PyTorch code for the Batch Normalization chapter: the layer from scratch, LeNet, training.
+
+Import it as the book does, ``from d2l_bn import torch as d2l``; never run this file as a script
+(a file named ``torch.py`` first on the path would hide the real ``torch``).
+"""
+
+from ._require import require
+
+require("torch")
+
+from functools import partial  # noqa: E402
+from typing import Callable, Iterable, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from . import data as _data  # noqa: E402
+from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
+
+__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged"]
+
+
+# --- Batch normalization from scratch ------------------------------------------------------------
+
+def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape a (C,) tensor to broadcast along axis 1 of a 2-D or 4-D input."""
+    return t.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _check_input(X: torch.Tensor, gamma: torch.Tensor, training: bool) -> None:
+    # Shapes only: looking at values would make the host wait for the device at every step.
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"batch_norm expects a torch.Tensor, got {type(X).__name__}; convert "
+                        f"it with torch.as_tensor(X, dtype=torch.float32)")
+    if not X.is_floating_point():
+        raise TypeError(f"batch_norm expects a floating-point tensor, got {X.dtype}; "
+                        f"convert it with X.float()")
+    if X.ndim not in (2, 4):
+        raise ValueError(
+            f"batch_norm expects a 2-D input (batch, features), as after a fully connected layer, "
+            f"or a 4-D input (batch, channels, height, width), as after a convolution; got shape "
+            f"{tuple(X.shape)}. Flatten the input first (e.g. nn.Flatten()) or add the missing "
+            f"axes.")
+    num_channels = gamma.shape[0] if gamma.ndim == 1 else None
+    if num_channels != X.shape[1]:
+        raise ValueError(
+            f"the input has {X.shape[1]} features/channels on axis 1 but gamma has shape "
+            f"{tuple(gamma.shape)}: gamma, beta and the running statistics must have shape "
+            f"({X.shape[1]},); build the layer with num_features={X.shape[1]}.")
+    if training and X.numel() // X.shape[1] < 2:
+        raise ValueError(
+            f"batch statistics are undefined with {X.numel() // X.shape[1]} value per channel "
+            f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
+            f"train with batches of at least 2, or switch to eval mode (model.eval(), "
+            f"training=False) to normalize with the running statistics.")
+
+
+def batch_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+               running_mean: torch.Tensor, running_var: torch.Tensor, *, training: bool,
+               momentum: float = 0.1, eps: float = 1e-5, unbiased_running_var: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch normalization of a 2-D (batch, features) or 4-D (batch, channels, height, width) input.
+
+    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
+
+    In training (``training=True``) each feature, or each channel over all its batch and spatial
+    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
+    ``gamma`` and shifted by ``beta``::
+
+        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
+        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
+
+    In prediction (``training=False``) the running statistics take the place of the batch ones and
+    are returned unchanged. The running statistics are not part of the autograd graph.
+
+    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
+    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
+
+    ===================================  ========================  ===============================
+    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
+    ===================================  ========================  ===============================
+    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
+    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
+    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
+    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
+    ===================================  ========================  ===============================
+
+    ``unbiased_running_var=True`` feeds the running variance with the unbiased batch variance
+    (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does; normalization in
+    training always uses the biased one.
+
+    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
+    """
+    _check_input(X, gamma, training)
+    for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if t.shape != gamma.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
+                             f"all four must have shape ({X.shape[1]},)")
+    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    if training:
+        mean = X.mean(dim=axes)
+        var = ((X - _per_channel(mean, X.ndim)) ** 2).mean(dim=axes)
+        n = X.numel() // X.shape[1]
+        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
+        new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = (X - _per_channel(mean, X.ndim)) / torch.sqrt(_per_channel(var, X.ndim) + eps)
+    Y = _per_channel(gamma, X.ndim) * X_hat + _per_channel(beta, X.ndim)
+    return Y, new_mean, new_var
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+
+    Args:
+        num_features: outputs of the fully connected layer before it, or channels of the
+            convolution before it.
+        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
+            convolution (input (batch, channels, height, width)).
+        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
+        eps: added to the variance, so that a constant channel does not divide by zero.
+        unbiased_running_var: update the running variance as ``nn.BatchNorm*d`` does.
+
+    ``gamma`` and ``beta`` are parameters; ``running_mean`` and ``running_var`` are buffers, so
+    ``.to(device)`` moves them and ``state_dict()`` saves them. The mode is the module's own
+    ``self.training``, set by ``model.train()`` and ``model.eval()``.
+    """
+
+    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
+                 eps: float = 1e-5, unbiased_running_var: bool = False):
+        super().__init__()
+        if num_dims not in (2, 4):
+            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                             f"convolution), got {num_dims!r}")
+        self.num_features, self.num_dims = num_features, num_dims
+        self.momentum, self.eps, self.unbiased_running_var = momentum, eps, unbiased_running_var
+        self.gamma = nn.Parameter(torch.ones(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if isinstance(X, torch.Tensor) and X.ndim != self.num_dims:
+            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
+                             f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
+                             f"fully connected layer, 4 after a convolution.")
+        Y, mean, var = batch_norm(X, self.gamma, self.beta, self.running_mean, self.running_var,
+                                  training=self.training, momentum=self.momentum, eps=self.eps,
+                                  unbiased_running_var=self.unbiased_running_var)
+        if self.training:
+            with torch.no_grad():  # in place, so the buffers stay the ones state_dict refers to
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+        return Y
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, num_dims={self.num_dims}, momentum={self.momentum}, "
+                f"eps={self.eps}")
+
+
+def layer_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+               eps: float = 1e-5) -> torch.Tensor:
+    """Layer normalization (Ba et al., 2016) from scratch.
+
+    Each example is standardized over all its non-batch axes with its own mean and (biased)
+    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
+    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
+    """
+    if X.ndim < 2:
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
+                         f"{tuple(X.shape)}; add a batch axis with X.unsqueeze(0).")
+    if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
+        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
+                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+    axes = tuple(range(1, X.ndim))
+    mean = X.mean(dim=axes, keepdim=True)
+    var = ((X - mean) ** 2).mean(dim=axes, keepdim=True)
+    return gamma * (X - mean) / torch.sqrt(var + eps) + beta
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+class Classifier(nn.Module):
+    """Base class of the chapter's classifiers: a network ``self.net``, its loss and optimizer."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.net(X)
+
+    def loss(self, Y_hat: torch.Tensor, Y: torch.Tensor, averaged: bool = True) -> torch.Tensor:
+        """Cross-entropy of the logits ``Y_hat`` against the labels ``Y``."""
+        return F.cross_entropy(Y_hat, Y, reduction="mean" if averaged else "none")
+
+    def accuracy(self, Y_hat: torch.Tensor, Y: torch.Tensor,
+                 averaged: bool = True) -> torch.Tensor:
+        """Fraction (or, not averaged, indicator) of examples whose top logit is the label."""
+        correct = (Y_hat.argmax(dim=1) == Y).float()
+        return correct.mean() if averaged else correct
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    def apply_init(self, inputs: Iterable[torch.Tensor],
+                   init: Optional[Callable[[nn.Module], None]] = None) -> None:
+        """Run one forward pass on ``inputs`` (which materializes any lazy module), then apply
+        ``init`` to every submodule of ``self.net``.
+
+        The pass runs in eval mode without gradients, so the running statistics of the
+        batch-normalization layers are left at their initial values.
+        """
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            self(*inputs)
+        self.train(was_training)
+        if init is not None:
+            self.net.apply(init)
+
+
+def init_cnn(module: nn.Module) -> None:
+    """Xavier-uniform weights for convolutions and linear layers; their biases are kept."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+
+
+# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 6@24x24 -> 6@12x12
+# -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first linear layer. The sizes are
+# written out rather than inferred by Lazy modules so the parameters exist as soon as the model
+# does (count them, print them, hand them to an optimizer).
+_FLAT = 16 * 4 * 4
+
+
+class BNLeNetScratch(Classifier):
+    """LeNet with our :class:`BatchNorm` after every convolution and linear layer but the last,
+    before the sigmoid. ``net[1]`` is the first batch-normalization layer."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5), BatchNorm(6, num_dims=4),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), BatchNorm(16, num_dims=4),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(), nn.Linear(_FLAT, 120), BatchNorm(120, num_dims=2), nn.Sigmoid(),
+            nn.Linear(120, 84), BatchNorm(84, num_dims=2), nn.Sigmoid(),
+            nn.Linear(84, num_classes))
+
+
+class BNLeNet(Classifier):
+    """The same LeNet with PyTorch's own ``nn.BatchNorm2d`` and ``nn.BatchNorm1d``."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(), nn.Linear(_FLAT, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
+            nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(),
+            nn.Linear(84, num_classes))
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+class FashionMNIST(_data.FashionMNIST):
+    """Fashion-MNIST minibatches as torch tensors: X float32 (b, 1, 28, 28), y int64 (b,)."""
+
+    layout = "NCHW"
+
+    def to_tensors(self, X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # from_numpy shares the memory, no copy; it warns on read-only arrays, so copy those.
+        return tuple(torch.from_numpy(a) if a.flags.writeable else torch.tensor(a) for a in (X, y))
+
+
+# --- Training ------------------------------------------------------------------------------------
+
+def train_epoch(model: Classifier, optimizer: torch.optim.Optimizer, loader: Iterable,
+                device: torch.device, report: Report) -> float:
+    """One pass over ``loader`` in training mode; returns the mean training loss per example.
+
+    The loss is summed on the device and read back once, at the end: a ``loss.item()`` per step
+    would make the host wait for the device at every step.
+    """
+    model.train()
+    total, count = torch.zeros((), device=device), 0
+    for X, y in loader:
+        X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = model.loss(model(X), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * len(y)
+        count += len(y)
+        report.batch_done()
+    return total.item() / max(count, 1)
+
+
+def evaluate(model: Classifier, loader: Iterable, device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy over the whole of ``loader``, in eval mode, without gradients."""
+    model.eval()
+    loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    with torch.no_grad():
+        for X, y in loader:
+            X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            Y_hat = model(X)
+            loss_sum += model.loss(Y_hat, y, averaged=False).sum()
+            correct += model.accuracy(Y_hat, y, averaged=False).sum()
+            count += len(y)
+    loss_sum, correct = torch.stack([loss_sum, correct]).tolist()  # one host sync
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+class Trainer:
+    """Trains a :class:`Classifier` with minibatch SGD and returns its per-epoch history.
+
+    Args:
+        max_epochs: passes over the training data.
+        num_gpus: 0 trains on the CPU; 1 or more trains on one CUDA GPU when there is one, and
+            on the CPU otherwise (so ``Trainer(max_epochs=10, num_gpus=1)`` runs everywhere; see
+            ``trainer.device``). More than one GPU is not used.
+        seed: if given, ``torch.manual_seed(seed)`` at the start of :meth:`fit`, for randomness
+            during training. The initial weights come from the model's construction, so for a
+            reproducible run also call ``torch.manual_seed`` before building the model and fix
+            the data's ``seed`` (its shuffling); then CPU runs repeat exactly.
+        report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
+            ``"bar"`` or ``"none"``.
+
+    ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
+    (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
+    """
+
+    def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
+                 report: str = "auto"):
+        self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
+        use_gpu = num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda:0" if use_gpu else "cpu")
+        self.history = History()
+
+    def fit(self, model: Classifier, data) -> History:
+        """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
+        after every epoch. Returns the history (also ``self.history``)."""
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        model.to(self.device)
+        optimizer = model.configure_optimizers()
+        train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+        self.history = History()
+        return run_epochs(
+            self.history, self.max_epochs,
+            partial(train_epoch, model, optimizer, train_loader, self.device),
+            partial(evaluate, model, val_loader, self.device),
+            num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
+            lr=getattr(model, "lr", None), report=self.report)

@@ -1,0 +1,234 @@
+"""The notebook pipeline: one chapter source -> per-framework notebooks -> executed -> merged page.
+
+    python tools/pipeline.py split      # chapters/*.md -> notebooks/<framework>/*.ipynb (outputs kept)
+    python tools/pipeline.py execute    # run each stale notebook in its framework's kernel
+    python tools/pipeline.py merge      # executed notebooks -> book/*.ipynb, all frameworks' cells
+    python tools/pipeline.py check      # exit 1 if a committed notebook drifted from its source
+
+A chapter source is a MyST notebook whose code cells each carry one framework tag (`torch`, `jax`,
+`tensorflow`, `mxnet`). Splitting keeps the shared markdown and one framework's cells, and puts in
+front a cell that installs d2l_bn on Colab or Studio Lab and a row of launch links. Each cell's id
+is its position in the source, so the merge can put every framework's executed cell back in place.
+Execution is skipped when a notebook's inputs hash (cells, lock file, d2l_bn code it imports) is the
+one stored in its metadata, so re-running with nothing changed executes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = ROOT / "chapters"
+NOTEBOOKS = ROOT / "notebooks"
+MERGED = ROOT / "book"
+
+# Tag -> what readers see; the order is the order of the tabs.
+FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": "TensorFlow"}
+# The d2l_bn files a framework's notebooks import: a change to any of them re-executes them.
+D2L_BN_FILES = ["__init__.py", "_require.py", "data.py", "training.py", "plotting.py"]
+# Colab and Studio Lab accept this kernelspec; the framework's kernel is chosen at run time.
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+INSTALL_CELL = '''\
+# On Colab or SageMaker Studio Lab, install d2l_bn (the framework is already there; locally,
+# d2l_bn is installed and this does nothing).
+import importlib.util, subprocess, sys
+if importlib.util.find_spec("d2l_bn") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "d2l_bn @ git+{repository}@{branch}"], check=True)'''
+
+
+def book_config() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def chapter_sources() -> list[Path]:
+    return sorted(CHAPTERS.glob("*.md"))
+
+
+def notebook_path(source: Path, framework: str) -> Path:
+    return NOTEBOOKS / framework / f"{source.stem}.ipynb"
+
+
+def _repository_path(source: Path, framework: str) -> str:
+    """`<org>/<repo>/blob/<branch>/<path>` of a framework's notebook; the address is in _config.yml."""
+    repo = book_config()["repository"]
+    github = repo["url"].removeprefix("https://github.com/").rstrip("/")
+    return f"{github}/blob/{repo['branch']}/{notebook_path(source, framework).relative_to(ROOT)}"
+
+
+def colab_url(source: Path, framework: str) -> str:
+    return f"https://colab.research.google.com/github/{_repository_path(source, framework)}"
+
+
+def studio_lab_url(source: Path, framework: str) -> str:
+    return f"https://studiolab.sagemaker.aws/import/github/{_repository_path(source, framework)}"
+
+
+def github_url(source: Path, framework: str) -> str:
+    return f"https://github.com/{_repository_path(source, framework)}"
+
+
+def launch_links(source: Path, framework: str) -> str:
+    return (f"*{FRAMEWORKS[framework]} notebook:* "
+            f"[Open in Colab]({colab_url(source, framework)}) · "
+            f"[Open in SageMaker Studio Lab]({studio_lab_url(source, framework)})")
+
+
+def framework_of(cell) -> str | None:
+    tags = [tag for tag in cell.metadata.get("tags", []) if tag in FRAMEWORKS]
+    if cell.cell_type == "code" and len(tags) != 1:
+        raise ValueError(f"code cell needs exactly one framework tag of {list(FRAMEWORKS)}, "
+                         f"has {tags}:\n{cell.source[:200]}")
+    return tags[0] if tags else None
+
+
+def read_source(source: Path) -> nbformat.NotebookNode:
+    """The chapter source, every cell given a stable id: its position."""
+    notebook = jupytext.read(source)
+    for position, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{position:03d}"
+        framework_of(cell)  # validates the tags
+    return notebook
+
+
+def split(source: Path, framework: str) -> nbformat.NotebookNode:
+    """One framework's notebook, without outputs."""
+    chapter = read_source(source)
+    repo = book_config()["repository"]
+    install = nbformat.v4.new_code_cell(
+        INSTALL_CELL.format(repository=repo["url"], branch=repo["branch"]), id="install",
+        metadata={"tags": [framework]})
+    links = nbformat.v4.new_markdown_cell(launch_links(source, framework), id="launch")
+    cells = [links, install] + [cell for cell in chapter.cells
+                                if framework_of(cell) in (None, framework)]
+    notebook = nbformat.v4.new_notebook(cells=copy.deepcopy(cells))
+    notebook.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"},
+                         "d2l_bn": {"framework": framework, "source": str(source.relative_to(ROOT))}}
+    return notebook
+
+
+def inputs_of(notebook: nbformat.NotebookNode) -> list:
+    """What a notebook is made of, outputs and execution records aside."""
+    return [(cell.get("id"), cell.cell_type, cell.source,
+             sorted(cell.metadata.get("tags", []))) for cell in notebook.cells]
+
+
+def frameworks_in(source: Path) -> list[str]:
+    """The frameworks that have code in a chapter (the others get no notebook yet)."""
+    present = {framework_of(cell) for cell in read_source(source).cells}
+    return [framework for framework in FRAMEWORKS if framework in present]
+
+
+def split_all() -> list[Path]:
+    """Write the notebooks whose inputs changed; keep the others (and their outputs) as they are."""
+    written = []
+    for source in chapter_sources():
+        for framework in frameworks_in(source):
+            notebook = split(source, framework)
+            path = notebook_path(source, framework)
+            if path.exists() and inputs_of(nbformat.read(path, as_version=4)) == inputs_of(notebook):
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, path)
+            written.append(path)
+    return written
+
+
+def input_hash(notebook: nbformat.NotebookNode, framework: str) -> str:
+    digest = hashlib.sha256(repr(inputs_of(notebook)).encode())
+    digest.update((ROOT / "requirements" / "lock" / f"{framework}.txt").read_bytes())
+    for name in D2L_BN_FILES + [f"{framework}.py"]:
+        digest.update((ROOT / "d2l_bn" / name).read_bytes())
+    return digest.hexdigest()
+
+
+def execute(path: Path, force: bool = False) -> bool:
+    """Run a notebook in its framework's kernel unless its inputs are unchanged; True if run."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    framework = notebook.metadata["d2l_bn"]["framework"]
+    digest = input_hash(notebook, framework)
+    if not force and notebook.metadata["d2l_bn"].get("input_hash") == digest:
+        return False
+    # The kernel is picked here, not by the notebook's metadata (which stays `python3`).
+    client = NotebookClient(notebook, kernel_name=f"d2l-bn-{framework}", timeout=1800,
+                            record_timing=False, resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    notebook.metadata["kernelspec"] = KERNELSPEC
+    notebook.metadata["d2l_bn"]["input_hash"] = digest
+    nbformat.write(notebook, path)
+    return True
+
+
+def merge(source: Path) -> nbformat.NotebookNode:
+    """The page: shared markdown once, then every framework's executed cells in source order."""
+    chapter = read_source(source)
+    executed = {}
+    for framework in FRAMEWORKS:
+        path = notebook_path(source, framework)
+        if path.exists():
+            for cell in nbformat.read(path, as_version=4).cells:
+                executed[cell.id] = cell
+    present = [framework for framework in FRAMEWORKS if notebook_path(source, framework).exists()]
+    launch = ":::{admonition} Run it yourself\n:class: tip\nOpen this section as a notebook " \
+        "in the framework of your choice:\n" + "".join(
+            f"- **{FRAMEWORKS[framework]}**: [Colab]({colab_url(source, framework)}) · "
+            f"[SageMaker Studio Lab]({studio_lab_url(source, framework)}) · "
+            f"[the .ipynb file]({github_url(source, framework)})\n" for framework in present) + ":::"
+    cells = []
+    for position, cell in enumerate(chapter.cells):
+        if position == 1:  # after the title and introduction
+            cells.append(nbformat.v4.new_markdown_cell(launch, id="launch"))
+        if cell.cell_type == "code" and cell.id not in executed:
+            continue  # a framework whose notebook does not exist yet
+        cells.append(executed.get(cell.id, cell) if cell.cell_type == "code" else cell)
+    merged = nbformat.v4.new_notebook(cells=copy.deepcopy(cells))
+    merged.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"},
+                       "d2l_bn": {"source": str(source.relative_to(ROOT))}}
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["split", "execute", "merge", "check"])
+    parser.add_argument("--framework", choices=list(FRAMEWORKS), action="append",
+                        help="execute only these frameworks' notebooks (default: all)")
+    parser.add_argument("--force", action="store_true", help="execute even if up to date")
+    args = parser.parse_args(argv)
+
+    if args.command == "split":
+        for path in split_all():
+            print(f"wrote {path.relative_to(ROOT)}")
+    elif args.command == "check":
+        stale = [notebook_path(source, framework) for source in chapter_sources()
+                 for framework in frameworks_in(source)
+                 if not notebook_path(source, framework).exists()
+                 or inputs_of(nbformat.read(notebook_path(source, framework), as_version=4))
+                 != inputs_of(split(source, framework))]
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} differs from its source: run `make notebooks`")
+        return 1 if stale else 0
+    elif args.command == "execute":
+        for framework in args.framework or FRAMEWORKS:
+            for path in sorted((NOTEBOOKS / framework).glob("*.ipynb")):
+                ran = execute(path, force=args.force)
+                print(f"{'executed' if ran else 'up to date'}: {path.relative_to(ROOT)}")
+    elif args.command == "merge":
+        MERGED.mkdir(exist_ok=True)
+        for source in chapter_sources():
+            nbformat.write(merge(source), MERGED / f"{source.stem}.ipynb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
