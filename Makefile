@@ -24,7 +24,10 @@ endif
 
 # Which tests run in which environment.
 TESTS_torch := tests/test_data.py tests/test_training.py tests/test_torch.py
-TESTS_mxnet := tests/test_data.py
+TESTS_jax := tests/test_jax.py
+TESTS_tensorflow := tests/test_tensorflow.py
+# The data tests run again with MXNet's numpy 1.23.
+TESTS_mxnet := tests/test_data.py tests/test_mxnet.py
 TESTS_book := tests/test_envs.py tests/test_notebooks.py
 
 TIMED := tools/timed
@@ -74,9 +77,13 @@ test:
 	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
 
-pytest: pytest-torch pytest-mxnet pytest-book
+pytest: $(FRAMEWORKS:%=pytest-%) pytest-book
 
-pytest-torch pytest-mxnet pytest-book: pytest-%:
+# As in its kernel: no C++ log lines, and the same numerics.
+pytest-tensorflow: export TF_CPP_MIN_LOG_LEVEL := 3
+pytest-tensorflow: export TF_ENABLE_ONEDNN_OPTS := 0
+
+$(FRAMEWORKS:%=pytest-%) pytest-book: pytest-%:
 	@$(TIMED) "pytest in $*" $(VENV)/$*/bin/python -m pytest $(PYTEST_FLAGS) $(TESTS_$*)
 
 book:

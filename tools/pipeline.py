@@ -7,10 +7,11 @@
 
 A chapter source is a MyST notebook whose code cells each carry one framework tag (`torch`, `jax`,
 `tensorflow`, `mxnet`). Splitting keeps the shared markdown and one framework's cells, and puts in
-front a cell that installs d2l_bn on Colab or Studio Lab and a row of launch links. Each cell's id
-is its position in the source, so the merge can put every framework's executed cell back in place.
-Execution is skipped when a notebook's inputs hash (cells, lock file, d2l_bn code it imports) is the
-one stored in its metadata, so re-running with nothing changed executes nothing.
+front a cell that installs d2l_bn on Colab or Studio Lab and a row of launch links. Each cell has a
+stable id (see `read_source`), so the merge can put every framework's executed cell back in place.
+Execution is skipped when the hash of what a notebook's outputs depend on (its code cells, its
+environment's lock file, the d2l_bn code it imports) is the one stored in its metadata, so
+re-running with nothing changed executes nothing; an edit of the prose alone keeps the outputs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,22 @@ import importlib.util, subprocess, sys
 if importlib.util.find_spec("d2l_bn") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                     "d2l_bn @ git+{repository}@{branch}"], check=True)'''
+
+# No platform ships MXNet, and its last release cannot run on Python 3.12+ (Colab's): say so at
+# once rather than fail somewhere in the middle.
+MXNET_INSTALL_CELL = '''\
+# MXNet 1.9.1, its last release, needs numpy<1.24, which has no build for Python 3.12 or newer.
+import importlib.util, subprocess, sys
+if sys.version_info >= (3, 12):
+    raise SystemExit(
+        f"MXNet cannot run on Python {{sys.version_info.major}}.{{sys.version_info.minor}} "
+        "(Colab's Python is 3.12+). On SageMaker Studio Lab, create the environment in "
+        "notebooks/mxnet/environment.yml (`conda env create -f environment.yml`) and choose its "
+        "kernel; on your machine, run `make env-mxnet` in a clone of d2l-bn and use the kernel "
+        "d2l-bn-mxnet. Or read this section in another framework.")
+if importlib.util.find_spec("mxnet") is None or importlib.util.find_spec("d2l_bn") is None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                    "d2l_bn[mxnet] @ git+{repository}@{branch}"], check=True)'''
 
 
 def book_config() -> dict:
@@ -92,11 +109,15 @@ def framework_of(cell) -> str | None:
 
 
 def read_source(source: Path) -> nbformat.NotebookNode:
-    """The chapter source, every cell given a stable id: its position."""
+    """The chapter source, every cell given a stable id: `<framework>-<k>` for the k-th code cell
+    of a framework, `md-<k>` for the k-th markdown cell. Adding one framework's cells leaves the
+    other frameworks' ids, and so their executed notebooks, as they were."""
     notebook = jupytext.read(source)
-    for position, cell in enumerate(notebook.cells):
-        cell.id = f"cell-{position:03d}"
-        framework_of(cell)  # validates the tags
+    counts: dict[str, int] = {}
+    for cell in notebook.cells:
+        kind = framework_of(cell) or "md"  # framework_of also validates the tags
+        cell.id = f"{kind}-{counts.get(kind, 0):03d}"
+        counts[kind] = counts.get(kind, 0) + 1
     return notebook
 
 
@@ -104,8 +125,9 @@ def split(source: Path, framework: str) -> nbformat.NotebookNode:
     """One framework's notebook, without outputs."""
     chapter = read_source(source)
     repo = book_config()["repository"]
+    template = MXNET_INSTALL_CELL if framework == "mxnet" else INSTALL_CELL
     install = nbformat.v4.new_code_cell(
-        INSTALL_CELL.format(repository=repo["url"], branch=repo["branch"]), id="install",
+        template.format(repository=repo["url"], branch=repo["branch"]), id="install",
         metadata={"tags": [framework]})
     links = nbformat.v4.new_markdown_cell(launch_links(source, framework), id="launch")
     cells = [links, install] + [cell for cell in chapter.cells
@@ -122,6 +144,11 @@ def inputs_of(notebook: nbformat.NotebookNode) -> list:
              sorted(cell.metadata.get("tags", []))) for cell in notebook.cells]
 
 
+def code_of(notebook: nbformat.NotebookNode) -> list:
+    """The part of a notebook's inputs that its outputs depend on: the code cells."""
+    return [item for item in inputs_of(notebook) if item[1] == "code"]
+
+
 def frameworks_in(source: Path) -> list[str]:
     """The frameworks that have code in a chapter (the others get no notebook yet)."""
     present = {framework_of(cell) for cell in read_source(source).cells}
@@ -135,16 +162,32 @@ def split_all() -> list[Path]:
         for framework in frameworks_in(source):
             notebook = split(source, framework)
             path = notebook_path(source, framework)
-            if path.exists() and inputs_of(nbformat.read(path, as_version=4)) == inputs_of(notebook):
-                continue
+            if path.exists():
+                committed = nbformat.read(path, as_version=4)
+                if inputs_of(committed) == inputs_of(notebook):
+                    continue
+                if code_of(committed) == code_of(notebook):
+                    keep_outputs(committed, notebook)  # only the prose changed
             path.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, path)
             written.append(path)
     return written
 
 
+def keep_outputs(executed: nbformat.NotebookNode, fresh: nbformat.NotebookNode) -> None:
+    """Carry the outputs and execution record of ``executed`` over to ``fresh``, whose code cells
+    are the same."""
+    by_id = {cell.id: cell for cell in executed.cells if cell.cell_type == "code"}
+    for cell in fresh.cells:
+        if cell.cell_type == "code":
+            cell.outputs = by_id[cell.id].outputs
+            cell.execution_count = by_id[cell.id].execution_count
+    if "input_hash" in executed.metadata.get("d2l_bn", {}):
+        fresh.metadata["d2l_bn"]["input_hash"] = executed.metadata["d2l_bn"]["input_hash"]
+
+
 def input_hash(notebook: nbformat.NotebookNode, framework: str) -> str:
-    digest = hashlib.sha256(repr(inputs_of(notebook)).encode())
+    digest = hashlib.sha256(repr(code_of(notebook)).encode())
     digest.update((ROOT / "requirements" / "lock" / f"{framework}.txt").read_bytes())
     for name in D2L_BN_FILES + [f"{framework}.py"]:
         digest.update((ROOT / "d2l_bn" / name).read_bytes())

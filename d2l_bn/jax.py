@@ -1,0 +1,448 @@
+"""JAX code for the Batch Normalization chapter: the layer from scratch, LeNet, training.
+
+Import it as the book does, ``from d2l_bn import jax as d2l``; never run this file as a script
+(a file named ``jax.py`` first on the path would hide the real ``jax``).
+
+Models are Flax linen modules and training follows Flax's ImageNet example: the parameters and the
+running statistics live outside the model, in a ``TrainState`` with ``batch_stats``, and the
+training step is a pure function under ``jax.jit``. Images are channels-last, (batch, height,
+width, channels), as Flax's convolutions expect.
+"""
+
+from ._require import require
+
+require("jax")
+
+from functools import lru_cache, partial  # noqa: E402
+from typing import Any, Callable, Iterable, Sequence  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax.training import train_state  # noqa: E402
+
+from . import data as _data  # noqa: E402
+from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
+
+__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+           "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged"]
+
+
+# --- Batch normalization from scratch ------------------------------------------------------------
+
+# Channels-last needs no reshaping: a (C,) array broadcasts along the last axis of a 2-D
+# (batch, features) and of a 4-D (batch, height, width, channels) input alike.
+
+def _check_input(X: jax.Array, gamma: jax.Array, training: bool) -> None:
+    # Shapes only: they are static under jax.jit, and looking at values would make the host wait
+    # for the device at every step.
+    if not isinstance(X, (jax.Array, np.ndarray)):
+        raise TypeError(f"batch_norm expects a jax.Array, got {type(X).__name__}; convert "
+                        f"it with jnp.asarray(X, dtype=jnp.float32)")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        raise TypeError(f"batch_norm expects a floating-point array, got {X.dtype}; "
+                        f"convert it with X.astype(jnp.float32)")
+    if X.ndim not in (2, 4):
+        raise ValueError(
+            f"batch_norm expects a 2-D input (batch, features), as after a fully connected layer, "
+            f"or a 4-D input (batch, height, width, channels), as after a convolution; got shape "
+            f"{tuple(X.shape)}. Flatten the input first (e.g. X.reshape((X.shape[0], -1))) or add "
+            f"the missing axes.")
+    num_channels = gamma.shape[0] if gamma.ndim == 1 else None
+    if num_channels != X.shape[-1]:
+        raise ValueError(
+            f"the input has {X.shape[-1]} features/channels on its last axis but gamma has shape "
+            f"{tuple(gamma.shape)}: gamma, beta and the running statistics must have shape "
+            f"({X.shape[-1]},); build the layer with num_features={X.shape[-1]}.")
+    if training and X.size // X.shape[-1] < 2:
+        raise ValueError(
+            f"batch statistics are undefined with {X.size // X.shape[-1]} value per channel "
+            f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
+            f"train with batches of at least 2, or switch to prediction mode (train=False for the "
+            f"layer, training=False for batch_norm) to normalize with the running statistics.")
+
+
+def batch_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
+               running_mean: jax.Array, running_var: jax.Array, *, training: bool,
+               momentum: float = 0.1, eps: float = 1e-5, unbiased_running_var: bool = False,
+               use_fast_variance: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch normalization of a 2-D (batch, features) or 4-D (batch, height, width, channels) input.
+
+    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
+
+    In training (``training=True``) each feature, or each channel over all its batch and spatial
+    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
+    ``gamma`` and shifted by ``beta``::
+
+        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
+        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
+
+    In prediction (``training=False``) the running statistics take the place of the batch ones and
+    are returned unchanged. No gradient flows into the running statistics.
+
+    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
+    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
+
+    ===================================  ========================  ===============================
+    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
+    ===================================  ========================  ===============================
+    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
+    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
+    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
+    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
+    ===================================  ========================  ===============================
+
+    ``unbiased_running_var=True`` feeds the running variance with the unbiased batch variance
+    (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does; normalization in
+    training always uses the biased one.
+
+    ``use_fast_variance=True`` computes the batch variance in one pass as max(0, E[x²] - E[x]²),
+    as ``flax.linen.BatchNorm`` does by default (Flax 0.12: bit for bit the same), instead of
+    E[(x - E[x])²]. In float32 the one-pass formula loses about (mean / std)² * 1.5e-7 of relative
+    precision: nothing for activations near zero, 0.1% for a channel with mean 100 and std 1,
+    1.5% for mean 300 and std 1, where the two-pass variance stays within 1e-7.
+
+    Under ``jax.jit`` nothing can be raised on values, so a batch that would make the running
+    statistics non-finite (NaN or infinity in the input) leaves them unchanged instead of
+    poisoning every later prediction; the output is non-finite all the same, and the Trainer
+    reports the non-finite loss at the end of the epoch.
+
+    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[-1]``.
+    """
+    _check_input(X, gamma, training)
+    for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if t.shape != gamma.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
+                             f"all four must have shape ({X.shape[-1]},)")
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # all axes but the last, the channels
+    if training:
+        mean = X.mean(axis=axes)
+        if use_fast_variance:
+            var = jnp.maximum(0.0, (X * X).mean(axis=axes) - mean * mean)
+        else:
+            var = ((X - mean) ** 2).mean(axis=axes)
+        n = X.size // X.shape[-1]
+        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+        new_mean = (1 - momentum) * running_mean + momentum * jax.lax.stop_gradient(mean)
+        new_var = (1 - momentum) * running_var + momentum * jax.lax.stop_gradient(var_for_running)
+        finite = jnp.isfinite(new_mean).all() & jnp.isfinite(new_var).all()
+        new_mean = jnp.where(finite, new_mean, running_mean)
+        new_var = jnp.where(finite, new_var, running_var)
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = (X - mean) / jnp.sqrt(var + eps)
+    Y = gamma * X_hat + beta
+    return Y, new_mean, new_var
+
+
+class BatchNorm(nn.Module):
+    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+
+    Attributes:
+        num_features: outputs of the fully connected layer before it, or channels of the
+            convolution before it.
+        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
+            convolution (input (batch, height, width, channels)).
+        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
+        eps: added to the variance, so that a constant channel does not divide by zero.
+        unbiased_running_var: update the running variance as ``nn.BatchNorm*d`` does.
+        use_fast_variance: compute the batch variance as ``flax.linen.BatchNorm`` does.
+
+    ``gamma`` and ``beta`` are parameters, in the collection ``params``; ``running_mean`` and
+    ``running_var`` are in the collection ``batch_stats``. A Flax module holds no state: ``apply``
+    takes both collections, and with ``train=True`` and ``mutable=['batch_stats']`` it returns
+    the updated running statistics next to the output. As in ``flax.linen.BatchNorm``, ``init``
+    only creates them, and training with ``batch_stats`` immutable is an error rather than a
+    silent skip. The mode is the argument ``train`` of each call.
+    """
+
+    num_features: int
+    num_dims: int
+    momentum: float = 0.1
+    eps: float = 1e-5
+    unbiased_running_var: bool = False
+    use_fast_variance: bool = False
+
+    def __post_init__(self):
+        if self.num_dims not in (2, 4):
+            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                             f"convolution), got {self.num_dims!r}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool) -> jax.Array:
+        if jnp.ndim(X) != self.num_dims:
+            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
+                             f"{jnp.ndim(X)}-D input of shape {jnp.shape(X)}: use num_dims=2 "
+                             f"after a fully connected layer, 4 after a convolution.")
+        shape = (self.num_features,)
+        gamma = self.param("gamma", nn.initializers.ones, shape)
+        beta = self.param("beta", nn.initializers.zeros, shape)
+        running_mean = self.variable("batch_stats", "running_mean", jnp.zeros, shape)
+        running_var = self.variable("batch_stats", "running_var", jnp.ones, shape)
+        Y, mean, var = batch_norm(X, gamma, beta, running_mean.value, running_var.value,
+                                  training=train, momentum=self.momentum, eps=self.eps,
+                                  unbiased_running_var=self.unbiased_running_var,
+                                  use_fast_variance=self.use_fast_variance)
+        if train and not self.is_initializing():
+            running_mean.value, running_var.value = mean, var
+        return Y
+
+
+def layer_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
+               eps: float = 1e-5) -> jax.Array:
+    """Layer normalization (Ba et al., 2016) from scratch.
+
+    Each example is standardized over all its non-batch axes with its own mean and (biased)
+    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
+    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
+    """
+    if X.ndim < 2:
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
+                         f"{tuple(X.shape)}; add a batch axis with X[None].")
+    if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
+        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
+                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+    axes = tuple(range(1, X.ndim))
+    mean = X.mean(axis=axes, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    return gamma * (X - mean) / jnp.sqrt(var + eps) + beta
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+class Classifier(nn.Module):
+    """Base class of the chapter's classifiers: a Flax module with its loss and optimizer.
+
+    Subclasses define ``__call__(self, X, train: bool = True)``; the variables (``params`` and
+    ``batch_stats``) are not part of the module but of the trainer's state.
+    """
+
+    lr: float = 0.1
+    num_classes: int = 10
+
+    def loss(self, Y_hat: jax.Array, Y: jax.Array, averaged: bool = True) -> jax.Array:
+        """Cross-entropy of the logits ``Y_hat`` against the labels ``Y``."""
+        losses = optax.softmax_cross_entropy_with_integer_labels(Y_hat, Y)
+        return losses.mean() if averaged else losses
+
+    def accuracy(self, Y_hat: jax.Array, Y: jax.Array, averaged: bool = True) -> jax.Array:
+        """Fraction (or, not averaged, indicator) of examples whose top logit is the label."""
+        correct = (Y_hat.argmax(axis=1) == Y).astype(jnp.float32)
+        return correct.mean() if averaged else correct
+
+    def configure_optimizers(self) -> optax.GradientTransformation:
+        return optax.sgd(self.lr)
+
+    def apply_init(self, inputs: Sequence[jax.Array], key: jax.Array) -> dict:
+        """The model's initial variables, ``{'params': ..., 'batch_stats': ...}``, from one
+        forward pass on ``inputs`` (which fixes the input sizes of the dense layers).
+
+        The pass runs with ``train=False``, so the running statistics keep their initial values.
+        """
+        return self.init(key, *inputs, train=False)
+
+
+def init_cnn(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Xavier-uniform kernels for convolutions and dense layers (``kernel_init=init_cnn``); their
+    biases keep Flax's zeros."""
+    return nn.initializers.xavier_uniform()(key, shape, dtype)
+
+
+# LeNet on 28x28x1 images: 5x5 convolutions without padding ('VALID'; Flax's default is 'SAME')
+# and 2x2 pooling give 6@24x24 -> 6@12x12 -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to
+# the first dense layer, whose size Flax infers from the input at initialization.
+
+class BNLeNetScratch(Classifier):
+    """LeNet with our :class:`BatchNorm` after every convolution and dense layer but the last,
+    before the sigmoid. The layers are named: ``bn1`` is the first batch-normalization layer, so
+    its scale is ``variables['params']['bn1']['gamma']``."""
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
+        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv1")(X)
+        X = nn.sigmoid(BatchNorm(6, num_dims=4, name="bn1")(X, train))
+        X = nn.avg_pool(X, (2, 2), strides=(2, 2))
+        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv2")(X)
+        X = nn.sigmoid(BatchNorm(16, num_dims=4, name="bn2")(X, train))
+        X = nn.avg_pool(X, (2, 2), strides=(2, 2))
+        X = X.reshape((X.shape[0], -1))  # flatten
+        X = nn.Dense(120, kernel_init=init_cnn, name="fc1")(X)
+        X = nn.sigmoid(BatchNorm(120, num_dims=2, name="bn3")(X, train))
+        X = nn.Dense(84, kernel_init=init_cnn, name="fc2")(X)
+        X = nn.sigmoid(BatchNorm(84, num_dims=2, name="bn4")(X, train))
+        return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
+
+
+class BNLeNet(Classifier):
+    """The same LeNet with Flax's own ``nn.BatchNorm``, whose ``momentum=0.9`` (weight of the
+    old average) is our 0.1: both models keep the same running averages."""
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
+        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv1")(X)
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn1")(X))
+        X = nn.avg_pool(X, (2, 2), strides=(2, 2))
+        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv2")(X)
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn2")(X))
+        X = nn.avg_pool(X, (2, 2), strides=(2, 2))
+        X = X.reshape((X.shape[0], -1))  # flatten
+        X = nn.Dense(120, kernel_init=init_cnn, name="fc1")(X)
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn3")(X))
+        X = nn.Dense(84, kernel_init=init_cnn, name="fc2")(X)
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn4")(X))
+        return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+class FashionMNIST(_data.FashionMNIST):
+    """Fashion-MNIST minibatches as JAX arrays: X float32 (b, 28, 28, 1), y int32 (b,)."""
+
+    layout = "NHWC"
+
+    def to_tensors(self, X: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+        # JAX arrays rather than numpy (which jit would accept too): one asynchronous transfer
+        # for both, to the default device (the trainer's, in fit), so on a GPU the copy overlaps
+        # the previous step; y as int32, JAX's default integer type.
+        return tuple(jax.device_put((X, y.astype(np.int32))))
+
+
+# --- Training ------------------------------------------------------------------------------------
+
+class TrainState(train_state.TrainState):
+    """Flax's ``TrainState`` (``step``, ``apply_fn``, ``params``, ``tx``, ``opt_state``) plus the
+    running statistics of the batch-normalization layers, ``batch_stats``."""
+
+    batch_stats: Any
+
+
+@partial(jax.jit, static_argnums=0)
+def train_step(model: Classifier, state: TrainState, X: jax.Array,
+               y: jax.Array) -> tuple[TrainState, jax.Array]:
+    """One SGD step in training mode; returns the new state and the minibatch's mean loss."""
+
+    def loss_fn(params):
+        Y_hat, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                        X, train=True, mutable=["batch_stats"])
+        return model.loss(Y_hat, y), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
+
+
+@partial(jax.jit, static_argnums=0)
+def eval_step(model: Classifier, variables: dict, X: jax.Array,
+              y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed loss and number of correct predictions on a minibatch, in prediction mode."""
+    Y_hat = model.apply(variables, X, train=False)
+    return (model.loss(Y_hat, y, averaged=False).sum(),
+            model.accuracy(Y_hat, y, averaged=False).sum())
+
+
+def train_epoch(model: Classifier, state: TrainState, loader: Iterable,
+                report: Report) -> tuple[TrainState, float]:
+    """One pass over ``loader`` in training mode; returns the new state and the mean training
+    loss per example.
+
+    The loss is summed on the device and read back once, at the end: a ``float(loss)`` per step
+    would make the host wait for the device at every step.
+    """
+    total, count = jnp.zeros(()), 0
+    for X, y in loader:
+        state, loss = train_step(model, state, X, y)
+        total += loss * len(y)
+        count += len(y)
+        report.batch_done()
+    return state, float(total) / max(count, 1)
+
+
+def evaluate(model: Classifier, state: TrainState, loader: Iterable) -> tuple[float, float]:
+    """Mean loss and accuracy over the whole of ``loader``, in prediction mode."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    loss_sum, correct, count = jnp.zeros(()), jnp.zeros(()), 0
+    for X, y in loader:
+        batch_loss, batch_correct = eval_step(model, variables, X, y)
+        loss_sum += batch_loss
+        correct += batch_correct
+        count += len(y)
+    loss_sum, correct = jax.device_get((loss_sum, correct))  # one host sync
+    return float(loss_sum) / max(count, 1), float(correct) / max(count, 1)
+
+
+@lru_cache(maxsize=16)
+def _static_fields(model: Classifier) -> tuple[Callable, optax.GradientTransformation]:
+    """``apply_fn`` and ``tx`` of a new TrainState of ``model``: the same objects for equal models.
+
+    ``jax.jit`` looks up its compiled ``train_step`` by the model and by these static fields of the
+    state, so a second fit of an equal model (same class and fields) reuses the compiled step
+    instead of compiling it again.
+    """
+    return model.apply, model.configure_optimizers()
+
+
+def _device(num_gpus: int) -> jax.Device:
+    if num_gpus > 0:
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:  # no GPU backend in this JAX
+            pass
+    return jax.devices("cpu")[0]
+
+
+class Trainer:
+    """Trains a :class:`Classifier` with minibatch SGD and returns its per-epoch history.
+
+    Args:
+        max_epochs: passes over the training data.
+        num_gpus: 0 trains on the CPU; 1 or more trains on one GPU when JAX has one, and on the
+            CPU otherwise (so ``Trainer(max_epochs=10, num_gpus=1)`` runs everywhere; see
+            ``trainer.device``). More than one GPU is not used.
+        seed: the initial weights come from ``jax.random.PRNGKey(seed)``. With the data's
+            ``seed`` fixed too (its shuffling), CPU runs repeat exactly.
+        report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
+            ``"bar"`` or ``"none"``.
+
+    ``fit`` initializes the model afresh and keeps its variables in ``trainer.state``, a
+    :class:`TrainState` (``trainer.state.params``, ``trainer.state.batch_stats``), updated after
+    every training pass. It keeps the history in ``trainer.history`` however training ends: if
+    the loss diverges (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed
+    before.
+    """
+
+    def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: int = 0,
+                 report: str = "auto"):
+        self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
+        self.device = _device(num_gpus)
+        self.history = History()
+        self.state = None
+
+    def fit(self, model: Classifier, data) -> History:
+        """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
+        after every epoch. Returns the history (also ``self.history``)."""
+        train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+        self.history = History()
+        with jax.default_device(self.device):
+            # Initialized from one validation example: only its shape matters, one example
+            # keeps the shapes of this pass the same for any batch size (so JAX's per-shape
+            # caches serve every later fit), and unlike a training batch it draws no shuffle
+            # from the data's random generator.
+            X, _ = next(iter(val_loader))
+            variables = model.apply_init([X[:1]], jax.random.PRNGKey(self.seed))
+            apply_fn, tx = _static_fields(model)
+            self.state = TrainState.create(apply_fn=apply_fn, params=variables["params"],
+                                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+            def one_epoch(report: Report) -> float:
+                self.state, loss = train_epoch(model, self.state, train_loader, report)
+                return loss
+
+            return run_epochs(
+                self.history, self.max_epochs, one_epoch,
+                lambda: evaluate(model, self.state, val_loader),
+                num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
+                lr=getattr(model, "lr", None), report=self.report)

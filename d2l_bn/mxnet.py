@@ -1,0 +1,408 @@
+"""MXNet (Gluon) code for the Batch Normalization chapter: the layer from scratch, LeNet, training.
+
+Import it as the book does, ``from d2l_bn import mxnet as d2l``; never run this file as a script
+(a file named ``mxnet.py`` first on the path would hide the real ``mxnet``).
+
+MXNet 1.9.1 is the last release of MXNet, which is retired; it needs numpy < 1.24 and hence
+Python <= 3.11. The code uses MXNet's NumPy interface (``mxnet.np``, ``mxnet.npx``), as Dive into
+Deep Learning does.
+"""
+
+from ._require import require
+
+require("mxnet")
+
+from functools import partial  # noqa: E402
+from typing import Callable, Iterable, Optional  # noqa: E402
+
+import mxnet as mx  # noqa: E402
+import numpy as onp  # noqa: E402  (the real NumPy; `np` below is MXNet's)
+from mxnet import autograd, gluon, init, np, npx  # noqa: E402
+from mxnet.gluon import nn  # noqa: E402
+
+from . import data as _data  # noqa: E402
+from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
+
+# NumPy semantics for mxnet.np arrays and Gluon blocks. This switch is global state of the MXNet
+# runtime, for the whole process: it is flipped once, here, when the module is imported.
+npx.set_np()
+
+__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged"]
+
+
+# --- Batch normalization from scratch ------------------------------------------------------------
+
+def _per_channel(t: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Broadcast a (C,) array along axis 1 of the 2-D or 4-D input ``X``, to ``X``'s shape.
+
+    Explicitly, with ``np.broadcast_to``, rather than by reshaping to (1, C, 1, 1) and letting
+    the arithmetic broadcast: on the CPU, MXNet's gradient of ``broadcast_to`` is several times
+    faster than its gradients of broadcasting arithmetic.
+    """
+    return np.broadcast_to(t.reshape((1, -1) + (1,) * (X.ndim - 2)), X.shape)
+
+
+def _check_input(X: np.ndarray, gamma: np.ndarray, training: bool) -> None:
+    # Shapes only: looking at values would make the host wait for the device at every step.
+    if not isinstance(X, np.ndarray):
+        raise TypeError(f"batch_norm expects an mxnet.np.ndarray, got {type(X).__name__}; "
+                        f"convert it with mxnet.np.array(X, dtype='float32')")
+    if not onp.issubdtype(X.dtype, onp.floating):
+        raise TypeError(f"batch_norm expects a floating-point array, got {onp.dtype(X.dtype)}; "
+                        f"convert it with X.astype('float32')")
+    if X.ndim not in (2, 4):
+        raise ValueError(
+            f"batch_norm expects a 2-D input (batch, features), as after a fully connected layer, "
+            f"or a 4-D input (batch, channels, height, width), as after a convolution; got shape "
+            f"{tuple(X.shape)}. Flatten the input first (e.g. nn.Flatten()) or add the missing "
+            f"axes.")
+    num_channels = gamma.shape[0] if gamma.ndim == 1 else None
+    if num_channels != X.shape[1]:
+        raise ValueError(
+            f"the input has {X.shape[1]} features/channels on axis 1 but gamma has shape "
+            f"{tuple(gamma.shape)}: gamma, beta and the running statistics must have shape "
+            f"({X.shape[1]},); build the layer with num_features={X.shape[1]}.")
+    if training and X.size // X.shape[1] < 2:
+        raise ValueError(
+            f"batch statistics are undefined with {X.size // X.shape[1]} value per channel "
+            f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
+            f"train with batches of at least 2, or switch to prediction mode (call the model "
+            f"outside autograd.record(), training=False) to normalize with the running "
+            f"statistics.")
+
+
+def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+               running_var: np.ndarray, *, training: bool, momentum: float = 0.1,
+               eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalization of a 2-D (batch, features) or 4-D (batch, channels, height, width) input.
+
+    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
+
+    In training (``training=True``) each feature, or each channel over all its batch and spatial
+    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
+    ``gamma`` and shifted by ``beta``::
+
+        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
+        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
+
+    In prediction (``training=False``) the running statistics take the place of the batch ones and
+    are returned unchanged. The running statistics are not part of the autograd graph.
+
+    The mode is an argument, not read from MXNet's global state; :class:`BatchNorm` passes
+    ``autograd.is_training()``, which is true inside ``autograd.record()``.
+
+    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
+    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
+
+    ===================================  ========================  ===============================
+    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
+    ===================================  ========================  ===============================
+    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
+    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
+    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
+    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
+    ===================================  ========================  ===============================
+
+    Like ``gluon.nn.BatchNorm``, the running variance is fed with the biased batch variance.
+
+    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
+    """
+    _check_input(X, gamma, training)
+    for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if t.shape != gamma.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
+                             f"all four must have shape ({X.shape[1]},)")
+    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    if training:
+        mean = X.mean(axis=axes)
+        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
+        new_var = (1 - momentum) * running_var + momentum * var.detach()
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    # gamma * (X - mean) / sqrt(var + eps) + beta, with gamma / sqrt(var + eps) taken per channel
+    # first: fewer operations on full-size arrays, each of which is slow on MXNet's CPU backend.
+    scale = gamma / np.sqrt(var + eps)
+    Y = (X - _per_channel(mean, X)) * _per_channel(scale, X) + _per_channel(beta, X)
+    return Y, new_mean, new_var
+
+
+class BatchNorm(nn.Block):
+    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+
+    Args:
+        num_features: outputs of the fully connected layer before it, or channels of the
+            convolution before it.
+        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
+            convolution (input (batch, channels, height, width)).
+        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
+        eps: added to the variance, so that a constant channel does not divide by zero.
+
+    ``gamma`` and ``beta`` are parameters; ``running_mean`` and ``running_var`` are parameters
+    with ``grad_req='null'``, as in ``gluon.nn.BatchNorm``: not trained, but initialized by
+    ``initialize()``, moved by ``reset_ctx`` and saved by ``save_parameters`` with the others.
+    The mode is Gluon's: training inside ``autograd.record()`` (``autograd.is_training()``),
+    prediction outside.
+
+    This layer updates its running statistics in every training-mode forward pass. Gluon's own
+    ``nn.BatchNorm`` does not: in MXNet 1.9.1 on the CPU (measured; tests/test_mxnet.py) it updates
+    them when ``backward()`` runs, and so never in ``autograd.train_mode()`` without recording.
+    (On a GPU, MXNet's source suggests that its cuDNN kernel updates them in the forward pass; not
+    measured.) Both agree once a step's backward pass has run.
+    """
+
+    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
+                 eps: float = 1e-5):
+        super().__init__()
+        if num_dims not in (2, 4):
+            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                             f"convolution), got {num_dims!r}")
+        self.num_features, self.num_dims = num_features, num_dims
+        self.momentum, self.eps = momentum, eps
+        shape = (num_features,)
+        self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+        self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+        self.running_mean = self.params.get("running_mean", shape=shape, init=init.Zero(),
+                                            grad_req="null", differentiable=False)
+        self.running_var = self.params.get("running_var", shape=shape, init=init.One(),
+                                           grad_req="null", differentiable=False)
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        if isinstance(X, np.ndarray) and X.ndim != self.num_dims:
+            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
+                             f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
+                             f"fully connected layer, 4 after a convolution.")
+        ctx = getattr(X, "ctx", None)  # the parameters' copy on X's device
+        training = autograd.is_training()
+        Y, mean, var = batch_norm(X, self.gamma.data(ctx), self.beta.data(ctx),
+                                  self.running_mean.data(ctx), self.running_var.data(ctx),
+                                  training=training, momentum=self.momentum, eps=self.eps)
+        if training:  # in place, so the Parameters keep the arrays that they hand out
+            self.running_mean.set_data(mean)
+            self.running_var.set_data(var)
+        return Y
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
+                f"momentum={self.momentum}, eps={self.eps})")
+
+
+def layer_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+               eps: float = 1e-5) -> np.ndarray:
+    """Layer normalization (Ba et al., 2016) from scratch.
+
+    Each example is standardized over all its non-batch axes with its own mean and (biased)
+    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
+    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
+    """
+    if X.ndim < 2:
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
+                         f"{tuple(X.shape)}; add a batch axis with np.expand_dims(X, 0).")
+    if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
+        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
+                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+    axes = tuple(range(1, X.ndim))
+    mean = X.mean(axis=axes, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    return gamma * (X - mean) / np.sqrt(var + eps) + beta
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+class Classifier(nn.Block):
+    """Base class of the chapter's classifiers: a network ``self.net``, its loss and optimizer."""
+
+    def __init__(self, lr: float):
+        super().__init__()
+        self.lr = lr
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        return self.net(X)
+
+    def loss(self, Y_hat: np.ndarray, Y: np.ndarray, averaged: bool = True) -> np.ndarray:
+        """Cross-entropy of the logits ``Y_hat`` against the labels ``Y``."""
+        losses = -npx.pick(npx.log_softmax(Y_hat, axis=1), Y, axis=1)
+        return losses.mean() if averaged else losses
+
+    def accuracy(self, Y_hat: np.ndarray, Y: np.ndarray, averaged: bool = True) -> np.ndarray:
+        """Fraction (or, not averaged, indicator) of examples whose top logit is the label."""
+        correct = (Y_hat.argmax(axis=1) == Y).astype("float32")
+        return correct.mean() if averaged else correct
+
+    def configure_optimizers(self) -> gluon.Trainer:
+        return gluon.Trainer(self.collect_params(), "sgd", {"learning_rate": self.lr})
+
+    def apply_init(self, inputs: Iterable[np.ndarray],
+                   init: Optional[Callable[[nn.Block], None]] = None) -> None:
+        """Run one forward pass on ``inputs`` (which checks that they fit the network), then
+        apply ``init`` to every child block of ``self.net``.
+
+        The pass runs outside ``autograd.record()``, that is in prediction mode, so the running
+        statistics of the batch-normalization layers are left at their initial values.
+        """
+        self(*inputs)
+        if init is not None:
+            self.net.apply(init)
+
+
+def init_cnn(block: nn.Block) -> None:
+    """Xavier-uniform weights for convolutions and dense layers; their biases are kept."""
+    if isinstance(block, (nn.Conv2D, nn.Dense)):
+        block.weight.initialize(init.Xavier(), ctx=block.weight.list_ctx(), force_reinit=True)
+
+
+# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 6@24x24 -> 6@12x12
+# -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first dense layer. The sizes are
+# written out (in_channels, in_units) rather than inferred at the first call, so the parameters
+# exist as soon as the model does (count them, print them, hand them to an optimizer).
+_FLAT = 16 * 4 * 4
+
+
+class BNLeNetScratch(Classifier):
+    """LeNet with our :class:`BatchNorm` after every convolution and dense layer but the last,
+    before the sigmoid. ``net[1]`` is the first batch-normalization layer.
+
+    Our ``BatchNorm`` changes its state from Python, so this network stays an imperative
+    ``nn.Sequential``, not hybridized into a graph."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        self.net = nn.Sequential()
+        self.net.add(
+            nn.Conv2D(6, kernel_size=5, in_channels=1), BatchNorm(6, num_dims=4),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Conv2D(16, kernel_size=5, in_channels=6), BatchNorm(16, num_dims=4),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Flatten(), nn.Dense(120, in_units=_FLAT), BatchNorm(120, num_dims=2),
+            nn.Activation("sigmoid"),
+            nn.Dense(84, in_units=120), BatchNorm(84, num_dims=2), nn.Activation("sigmoid"),
+            nn.Dense(num_classes, in_units=84))
+        self.initialize()
+
+
+class BNLeNet(Classifier):
+    """The same LeNet with Gluon's own ``nn.BatchNorm``, hybridized into one graph.
+
+    Gluon's ``momentum`` weights the old average, so our momentum=0.1 is its 0.9; with
+    ``epsilon=1e-5`` these are Gluon's defaults, written out so that both LeNets visibly use
+    the same settings."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        self.net = nn.HybridSequential()
+        self.net.add(
+            nn.Conv2D(6, kernel_size=5, in_channels=1),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=6),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Conv2D(16, kernel_size=5, in_channels=6),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=16),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Flatten(), nn.Dense(120, in_units=_FLAT),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=120), nn.Activation("sigmoid"),
+            nn.Dense(84, in_units=120),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=84), nn.Activation("sigmoid"),
+            nn.Dense(num_classes, in_units=84))
+        self.initialize()
+        self.net.hybridize()
+
+
+# --- Data ----------------------------------------------------------------------------------------
+
+class FashionMNIST(_data.FashionMNIST):
+    """Fashion-MNIST minibatches as mxnet.np arrays: X float32 (b, 1, 28, 28), y int64 (b,)."""
+
+    layout = "NCHW"
+
+    def to_tensors(self, X: onp.ndarray, y: onp.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # A copy into MXNet's memory (on the CPU), keeping the dtypes.
+        return np.array(X, dtype=X.dtype), np.array(y, dtype=y.dtype)
+
+
+# --- Training ------------------------------------------------------------------------------------
+
+def train_epoch(model: Classifier, optimizer: gluon.Trainer, loader: Iterable, ctx: mx.Context,
+                report: Report) -> float:
+    """One pass over ``loader`` in training mode; returns the mean training loss per example.
+
+    Each step runs the forward pass under ``autograd.record()``, which is what puts the
+    batch-normalization layers in training mode. The loss is summed on the device and read back
+    once, at the end: a ``loss.item()`` per step would make the host wait for the device at every
+    step (MXNet runs operations asynchronously).
+    """
+    total, count = np.zeros((), ctx=ctx), 0
+    for X, y in loader:
+        X, y = X.as_in_ctx(ctx), y.as_in_ctx(ctx)
+        with autograd.record():
+            loss = model.loss(model(X), y)
+        loss.backward()
+        optimizer.step(batch_size=1)  # the loss is already the mean over the batch
+        total += loss * len(y)  # outside record(): no graph
+        count += len(y)
+        report.batch_done()
+    return total.item() / max(count, 1)
+
+
+def evaluate(model: Classifier, loader: Iterable, ctx: mx.Context) -> tuple[float, float]:
+    """Mean loss and accuracy over the whole of ``loader``, outside ``autograd.record()``: in
+    prediction mode, without a graph."""
+    loss_sum, correct, count = np.zeros((), ctx=ctx), np.zeros((), ctx=ctx), 0
+    for X, y in loader:
+        X, y = X.as_in_ctx(ctx), y.as_in_ctx(ctx)
+        Y_hat = model(X)
+        loss_sum += model.loss(Y_hat, y, averaged=False).sum()
+        correct += model.accuracy(Y_hat, y, averaged=False).sum()
+        count += len(y)
+    loss_sum, correct = np.stack([loss_sum, correct]).tolist()  # one host sync
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+class Trainer:
+    """Trains a :class:`Classifier` with minibatch SGD and returns its per-epoch history.
+
+    Args:
+        max_epochs: passes over the training data.
+        num_gpus: 0 trains on the CPU; 1 or more trains on one GPU when this MXNet build sees
+            one, and on the CPU otherwise (so ``Trainer(max_epochs=10, num_gpus=1)`` runs
+            everywhere; see ``trainer.ctx``). More than one GPU is not used. MXNet's CUDA builds
+            (pip's ``mxnet-cu117`` and older) need an old CUDA and are not tested here: the CPU is
+            d2l_bn's tested path for MXNet.
+        seed: if given, ``mx.random.seed(seed)`` and ``numpy.random.seed(seed)`` at the start of
+            :meth:`fit`, for randomness during training. The initial weights come from the
+            model's construction and ``apply_init``, so for a reproducible run also call
+            ``mx.random.seed`` before building the model and fix the data's ``seed`` (its
+            shuffling); then CPU runs repeat exactly.
+        report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
+            ``"bar"`` or ``"none"``.
+
+    ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
+    (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
+    """
+
+    def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
+                 report: str = "auto"):
+        self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
+        use_gpu = num_gpus > 0 and mx.context.num_gpus() > 0
+        self.ctx = mx.gpu(0) if use_gpu else mx.cpu()
+        self.history = History()
+
+    def fit(self, model: Classifier, data) -> History:
+        """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
+        after every epoch. Returns the history (also ``self.history``)."""
+        if self.seed is not None:
+            mx.random.seed(self.seed)
+            onp.random.seed(self.seed)
+        model.collect_params().reset_ctx(self.ctx)
+        optimizer = model.configure_optimizers()
+        train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
+        self.history = History()
+        return run_epochs(
+            self.history, self.max_epochs,
+            partial(train_epoch, model, optimizer, train_loader, self.ctx),
+            partial(evaluate, model, val_loader, self.ctx),
+            num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
+            lr=getattr(model, "lr", None), report=self.report)

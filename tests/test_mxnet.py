@@ -1,0 +1,499 @@
+"""d2l_bn.mxnet: the scratch layer's statistics, its equivalence with gluon.nn.BatchNorm (including
+when Gluon updates its running statistics), the models and the Trainer (a short run on real
+Fashion-MNIST, seeding, divergence, Ctrl-C, host syncs)."""
+
+import itertools
+
+import mxnet as mx
+import numpy as onp
+import pytest
+from mxnet import autograd, gluon, np, npx
+from mxnet.gluon import nn
+
+from d2l_bn import mxnet as d2l
+from d2l_bn.training import TrainingDiverged
+
+EPS32 = onp.finfo(onp.float32).eps  # 1.19e-7
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-5, atol=None) -> None:
+    # rtol 1e-5, plus an atol of 16 float32 ulps of the largest |expected|: the two
+    # implementations sum in different orders (Gluon's kernel vs our two-pass mean), so entries
+    # near zero, e.g. gradients that are sums of terms of either sign, differ by a few ulps of
+    # the terms summed rather than of their own size.
+    expected = expected.asnumpy() if isinstance(expected, np.ndarray) else onp.asarray(expected)
+    actual = actual.asnumpy() if isinstance(actual, np.ndarray) else onp.asarray(actual)
+    if atol is None:
+        atol = 16 * EPS32 * onp.abs(expected).max()
+    assert actual.shape == expected.shape
+    onp.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def shifted_batch(shape: tuple, rng: onp.random.Generator) -> np.ndarray:
+    """Random input whose features/channels have means in [2, 4] and scales in [0.5, 5]."""
+    per_channel = (1, shape[1]) + (1,) * (len(shape) - 2)
+    mean = rng.uniform(2, 4, per_channel)
+    std = rng.uniform(0.5, 5, per_channel)
+    return np.array(rng.standard_normal(shape) * std + mean, dtype="float32")
+
+
+SHAPES = [(32, 12), (8, 6, 10, 10)]  # fully connected (batch, features); conv (N, C, H, W)
+
+
+def reduce_axes(X) -> tuple:
+    return (0,) if X.ndim == 2 else (0, 2, 3)
+
+
+def train_step(layer, X):
+    """A forward pass in training mode: Gluon's mode is autograd's."""
+    with autograd.record():
+        return layer(X)
+
+
+def scratch_layer(shape, rng=None, **kwargs) -> d2l.BatchNorm:
+    layer = d2l.BatchNorm(shape[1], num_dims=len(shape), **kwargs)
+    layer.initialize()
+    if rng is not None:
+        layer.gamma.set_data(np.array(rng.uniform(0.5, 2, shape[1]), dtype="float32"))
+        layer.beta.set_data(np.array(rng.standard_normal(shape[1]), dtype="float32"))
+    return layer
+
+
+# --- The scratch layer on its own ----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_training_output_is_standardized_per_channel(shape):
+    rng = onp.random.default_rng(0)
+    layer = scratch_layer(shape, rng)
+    X = shifted_batch(shape, rng)
+    Y = train_step(layer, X)
+    assert Y.shape == X.shape
+    bc = (1, -1) + (1,) * (len(shape) - 2)
+    Z = (Y.asnumpy().astype(onp.float64) - layer.beta.data().asnumpy().reshape(bc)) \
+        / layer.gamma.data().asnumpy().reshape(bc)  # undo gamma and beta
+    axes = reduce_axes(X)
+    onp.testing.assert_allclose(Z.mean(axis=axes), onp.zeros(shape[1]), rtol=0, atol=1e-5)
+    # eps shrinks the std by sqrt(var / (var + eps)), at most 1e-5 relative for var >= 0.25
+    onp.testing.assert_allclose(Z.std(axis=axes), onp.ones(shape[1]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_running_stats_follow_the_momentum_formula(shape):
+    rng = onp.random.default_rng(1)
+    layer = scratch_layer(shape, momentum=0.3)
+    mean, var = onp.zeros(shape[1]), onp.ones(shape[1])
+    for _ in range(4):
+        X = shifted_batch(shape, rng)
+        train_step(layer, X)
+        X64, axes = X.asnumpy().astype(onp.float64), reduce_axes(X)
+        mean = 0.7 * mean + 0.3 * X64.mean(axis=axes)
+        var = 0.7 * var + 0.3 * X64.var(axis=axes)  # biased
+    assert_close(layer.running_mean.data(), mean, atol=1e-6)
+    assert_close(layer.running_var.data(), var, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_prediction_uses_the_running_stats(shape):
+    rng = onp.random.default_rng(2)
+    layer = scratch_layer(shape, rng)
+    for _ in range(3):
+        train_step(layer, shifted_batch(shape, rng))
+    X = shifted_batch(shape, rng)
+    before = layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy()
+    bc = (1, -1) + (1,) * (len(shape) - 2)
+    p = {name: getattr(layer, name).data().reshape(bc)
+         for name in ("gamma", "beta", "running_mean", "running_var")}
+    expected = ((X - p["running_mean"]) / np.sqrt(p["running_var"] + layer.eps) * p["gamma"]
+                + p["beta"])
+    assert_close(layer(X), expected)  # outside autograd.record(): prediction mode
+    with autograd.record(train_mode=False):  # recording does not decide, the mode does
+        assert_close(layer(X), expected)
+    assert onp.array_equal(layer.running_mean.data().asnumpy(), before[0])
+    assert onp.array_equal(layer.running_var.data().asnumpy(), before[1])
+
+
+def test_with_momentum_one_prediction_equals_training_on_the_same_batch():
+    # momentum=1 keeps only the last batch's statistics (Keras' momentum=0): evaluating that
+    # batch must then give the training output.
+    rng = onp.random.default_rng(3)
+    layer = scratch_layer((8, 6, 5, 5), momentum=1.0)
+    X = shifted_batch((8, 6, 5, 5), rng)
+    Y_train = train_step(layer, X)
+    assert_close(layer(X), Y_train, atol=1e-5)
+
+
+def test_batch_norm_is_pure_and_keeps_running_stats_out_of_autograd():
+    X = np.array(onp.random.default_rng(4).standard_normal((4, 3)), dtype="float32")
+    gamma, beta = np.ones(3), np.zeros(3)
+    for a in (X, gamma, beta):
+        a.attach_grad()
+    mean, var = np.zeros(3), np.ones(3)
+    with autograd.record():
+        Y, new_mean, new_var = d2l.batch_norm(X, gamma, beta, mean, var, training=True)
+        loss = (Y * np.arange(12).reshape(4, 3)).sum()
+    assert onp.array_equal(mean.asnumpy(), onp.zeros(3))
+    assert onp.array_equal(var.asnumpy(), onp.ones(3))
+    loss.backward()  # Y is in the graph ...
+    assert onp.abs(X.grad.asnumpy()).max() > 0
+    for stat in (new_mean, new_var):  # ... the new running statistics are not
+        with pytest.raises(mx.MXNetError, match="not in a computational graph"):
+            stat.backward()
+    _, same_mean, same_var = d2l.batch_norm(X, gamma, beta, mean, var, training=False)
+    assert same_mean is mean and same_var is var
+
+
+def test_running_stats_are_parameters_that_are_not_trained(tmp_path):
+    layer = scratch_layer((4, 5))
+    params = layer.collect_params()
+    assert sorted(name.split("_", 1)[1] for name in params.keys()) == \
+        ["beta", "gamma", "running_mean", "running_var"]
+    assert {name.split("_", 1)[1]: p.grad_req for name, p in params.items()} == \
+        {"gamma": "write", "beta": "write", "running_mean": "null", "running_var": "null"}
+    train_step(layer, np.array(onp.random.default_rng(5).standard_normal((4, 5)) + 3,
+                               dtype="float32"))
+    layer.save_parameters(str(tmp_path / "bn.params"))  # saved with the layer ...
+    loaded = d2l.BatchNorm(5, num_dims=2)
+    loaded.load_parameters(str(tmp_path / "bn.params"))  # ... and loaded back
+    assert onp.array_equal(loaded.running_mean.data().asnumpy(),
+                           layer.running_mean.data().asnumpy())
+    assert onp.abs(loaded.running_mean.data().asnumpy()).min() > 0.1
+    layer.cast("float64")  # like reset_ctx: the running statistics follow the block
+    assert layer.running_var.data().dtype == onp.float64
+    assert train_step(layer, np.ones((4, 5), dtype="float64")).dtype == onp.float64
+    assert repr(layer) == "BatchNorm(5, num_dims=2, momentum=0.1, eps=1e-05)"
+
+
+# --- Equivalence with Gluon's own layer ----------------------------------------------------------
+
+def paired_layers(shape: tuple, rng: onp.random.Generator):
+    """Ours and Gluon's, with the same gamma and beta; Gluon's momentum 0.9 is our 0.1."""
+    C = shape[1]
+    ours = scratch_layer(shape, rng)
+    ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=C)
+    ref.initialize()
+    ref.gamma.set_data(ours.gamma.data())
+    ref.beta.set_data(ours.beta.data())
+    return ours, ref
+
+
+def forward_backward(layer, X, weights):
+    """Output and input gradient of one training step with the loss sum(Y * weights)."""
+    X = X.copy()
+    X.attach_grad()
+    with autograd.record():
+        Y = layer(X)
+        loss = (Y * weights).sum()  # a loss whose gradient is not trivial
+    loss.backward()
+    return Y, X.grad
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_gluon_batchnorm_outputs_gradients_and_eval(shape):
+    rng = onp.random.default_rng(6)
+    ours, ref = paired_layers(shape, rng)
+    for _ in range(5):
+        X = shifted_batch(shape, rng)
+        weights = np.array(rng.standard_normal(shape), dtype="float32")
+        Y_ours, dX_ours = forward_backward(ours, X, weights)
+        Y_ref, dX_ref = forward_backward(ref, X, weights)
+        assert_close(Y_ours, Y_ref)
+        assert_close(dX_ours, dX_ref)
+        assert_close(ours.gamma.grad(), ref.gamma.grad())
+        assert_close(ours.beta.grad(), ref.beta.grad())
+    # after each backward: both biased, both with our momentum 0.1 (Gluon's 0.9)
+    assert_close(ours.running_mean.data(), ref.running_mean.data())
+    assert_close(ours.running_var.data(), ref.running_var.data())
+    X = shifted_batch(shape, rng)
+    assert_close(ours(X), ref(X))  # prediction mode
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gluon_updates_running_stats_in_backward_ours_in_forward(shape):
+    """MXNet 1.9.1 on the CPU: gluon.nn.BatchNorm's forward pass under autograd.record()
+    leaves its running statistics as they were; its backward pass updates them. Ours update in
+    the forward pass. Training-mode outputs agree either way."""
+    rng = onp.random.default_rng(7)
+    ours, ref = paired_layers(shape, rng)
+    X = shifted_batch(shape, rng)
+    X.attach_grad()
+    with autograd.record():
+        Y_ours, Y_ref = ours(X), ref(X)
+    mx.nd.waitall()  # not a matter of MXNet's asynchronous execution
+    assert_close(Y_ours, Y_ref)
+    assert onp.array_equal(ref.running_mean.data().asnumpy(), onp.zeros(shape[1]))
+    assert onp.array_equal(ref.running_var.data().asnumpy(), onp.ones(shape[1]))
+    X64, axes = X.asnumpy().astype(onp.float64), reduce_axes(X)
+    assert_close(ours.running_mean.data(), 0.1 * X64.mean(axis=axes))
+    Y_ref.backward()
+    assert_close(ref.running_mean.data(), ours.running_mean.data())
+    assert_close(ref.running_var.data(), ours.running_var.data())
+    # In training mode without recording there is no backward, so Gluon never updates them,
+    # although it normalizes with the batch statistics; ours update in the forward pass.
+    with autograd.train_mode():
+        Y_ours, Y_ref = ours(X), ref(X)
+    assert_close(Y_ours, Y_ref)
+    assert_close(ref.running_mean.data(), 0.1 * X64.mean(axis=axes))
+    assert_close(ours.running_mean.data(), 0.19 * X64.mean(axis=axes))
+
+
+def test_layer_norm_matches_mxnet():
+    rng = onp.random.default_rng(8)
+    for shape in [(8, 20), (4, 3, 7, 7)]:
+        X = shifted_batch(shape, rng)
+        gamma = np.array(rng.standard_normal(shape[1:]), dtype="float32")
+        beta = np.array(rng.standard_normal(shape[1:]), dtype="float32")
+        # npx.layer_norm normalizes over one axis: flatten each example onto it
+        expected = npx.layer_norm(X.reshape(shape[0], -1), gamma.reshape(-1), beta.reshape(-1),
+                                  axis=-1, eps=1e-5).reshape(shape)
+        assert_close(d2l.layer_norm(X, gamma, beta), expected)
+    # one example alone is normalized the same way: no dependence on the batch
+    assert_close(d2l.layer_norm(X[:1], gamma, beta), expected[:1])
+
+
+# --- Errors that say what to do ------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(12,), (4, 6, 5), (2, 6, 3, 3, 3)])
+def test_wrong_rank_is_rejected(shape):
+    with pytest.raises(ValueError, match=r"2-D .*4-D .*Flatten"):
+        d2l.batch_norm(np.ones(shape), np.ones(6), np.zeros(6), np.zeros(6), np.ones(6),
+                       training=True)
+
+
+def test_wrong_feature_count_is_rejected():
+    layer = scratch_layer((2, 6, 4, 4))
+    with pytest.raises(ValueError, match=r"5 features/channels.*num_features=5"):
+        layer(np.ones((2, 5, 4, 4)))
+    with pytest.raises(ValueError, match=r"num_dims=4 .*2-D input"):
+        layer(np.ones((2, 6)))
+
+
+def test_integer_and_foreign_inputs_are_rejected():
+    layer = scratch_layer((4, 3))
+    with pytest.raises(TypeError, match=r"X\.astype\('float32'\)"):
+        layer(np.ones((4, 3), dtype="int64"))
+    with pytest.raises(TypeError, match=r"mxnet\.np\.array"):
+        d2l.batch_norm(onp.ones((4, 3)), np.ones(3), np.zeros(3), np.zeros(3), np.ones(3),
+                       training=True)
+
+
+def test_one_value_per_feature_fails_in_training_only():
+    layer = scratch_layer((1, 6))
+    with pytest.raises(ValueError, match=r"at least 2.*prediction mode.*autograd\.record"):
+        train_step(layer, np.ones((1, 6)))
+    assert layer(np.ones((1, 6))).shape == (1, 6)
+
+
+def test_one_image_is_fine_in_training():
+    layer = scratch_layer((1, 3, 4, 4))
+    assert train_step(layer, np.ones((1, 3, 4, 4))).shape == (1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("num_dims", [1, 3, 5])
+def test_invalid_num_dims(num_dims):
+    with pytest.raises(ValueError, match=r"num_dims must be 2 .*or 4"):
+        d2l.BatchNorm(6, num_dims=num_dims)
+
+
+# --- Models --------------------------------------------------------------------------------------
+
+def num_trained(model) -> int:
+    return sum(p.data().size for p in model.collect_params().values() if p.grad_req != "null")
+
+
+# Parameters, by hand (weights + biases; gamma + beta for each BN):
+#   conv 1->6, 5x5: 6*25 + 6 = 156           BN(6):   12
+#   conv 6->16, 5x5: 16*6*25 + 16 = 2416     BN(16):  32
+#   dense 256->120: 256*120 + 120 = 30840    BN(120): 240
+#   dense 120->84: 120*84 + 84 = 10164       BN(84):  168
+#   dense 84->10: 84*10 + 10 = 850
+#   total 156 + 12 + 2416 + 32 + 30840 + 240 + 10164 + 168 + 850 = 44878
+# plus 2 * (6 + 16 + 120 + 84) = 452 running statistics, which are not trained.
+@pytest.mark.parametrize("cls, bn, hybridized", [(d2l.BNLeNetScratch, d2l.BatchNorm, False),
+                                                 (d2l.BNLeNet, nn.BatchNorm, True)])
+def test_models(cls, bn, hybridized):
+    mx.random.seed(0)
+    model = cls(lr=0.1)
+    assert num_trained(model) == 44878
+    assert sum(p.data().size for p in model.collect_params().values()) == 44878 + 452
+    assert isinstance(model.net[1], bn)
+    assert isinstance(model.net, nn.HybridBlock) == hybridized
+    X = np.random.uniform(size=(16, 1, 28, 28))
+    model.apply_init([X], d2l.init_cnn)
+    assert model(X).shape == (16, 10)
+    with autograd.record():
+        assert model(X).shape == (16, 10)
+    assert model(X[:1]).shape == (1, 10)
+
+
+@pytest.mark.parametrize("cls", [d2l.BNLeNetScratch, d2l.BNLeNet])
+def test_apply_init_changes_weights_but_not_running_stats(cls):
+    mx.random.seed(0)
+    model = cls()
+    conv_before = model.net[0].weight.data().copy()
+    model.apply_init([np.random.uniform(size=(8, 1, 28, 28)) * 5], d2l.init_cnn)
+    assert not onp.array_equal(model.net[0].weight.data().asnumpy(), conv_before.asnumpy())
+    bound = (6 / (25 * 1 + 25 * 6)) ** 0.5  # Xavier-uniform bound of the first conv
+    assert onp.abs(model.net[0].weight.data().asnumpy()).max() <= bound
+    assert onp.array_equal(model.net[1].running_mean.data().asnumpy(), onp.zeros(6))
+
+
+def test_fashion_mnist_gives_arrays(fashion_mnist_root):
+    data = d2l.FashionMNIST(batch_size=32, root=fashion_mnist_root)
+    X, y = next(iter(data.train_dataloader()))
+    assert isinstance(X, np.ndarray) and X.dtype == onp.float32 and X.shape == (32, 1, 28, 28)
+    assert isinstance(y, np.ndarray) and y.dtype == onp.int64 and y.shape == (32,)
+
+
+# --- Trainer -------------------------------------------------------------------------------------
+
+class Take:
+    """The first ``n`` batches of a loader; a new pass at each ``iter()``."""
+
+    def __init__(self, loader, n: int):
+        self.loader, self.n = loader, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n)
+
+    def __len__(self) -> int:
+        return min(self.n, len(self.loader))
+
+
+class Slice:
+    """A data module serving the first batches of each split of ``data``."""
+
+    def __init__(self, data, num_train: int, num_val: int):
+        self.data, self.num_train, self.num_val = data, num_train, num_val
+
+    def train_dataloader(self):
+        return Take(self.data.train_dataloader(), self.num_train)
+
+    def val_dataloader(self):
+        return Take(self.data.val_dataloader(), self.num_val)
+
+
+def short_run(root, cls=d2l.BNLeNet, epochs=3, lr=0.5):
+    mx.random.seed(0)  # the initial weights
+    model = cls(lr=lr)
+    data = Slice(d2l.FashionMNIST(batch_size=64, root=root, seed=0), num_train=40, num_val=20)
+    model.apply_init([next(iter(data.train_dataloader()))[0]], d2l.init_cnn)
+    trainer = d2l.Trainer(max_epochs=epochs, num_gpus=1, seed=0, report="none")
+    return trainer, trainer.fit(model, data)
+
+
+@pytest.mark.parametrize("cls", [d2l.BNLeNet, d2l.BNLeNetScratch])
+def test_short_real_run_learns_and_repeats(fashion_mnist_root, cls):
+    trainer, history = short_run(fashion_mnist_root, cls)
+    assert trainer.ctx.device_type in ("cpu", "gpu")
+    assert history is trainer.history and history.epoch == [1, 2, 3]
+    assert len(history.train_loss) == len(history.val_loss) == len(history.val_acc) == 3
+    assert history.train_loss[-1] < history.train_loss[0] < 2.4  # ln 10 = 2.30 at chance
+    assert history.val_loss[-1] < 1.0 and history.val_acc[-1] > 0.65  # chance: 0.1
+    _, again = short_run(fashion_mnist_root, cls)
+    assert again == history  # seeded CPU runs repeat exactly
+
+
+class Scripted:
+    """Synthetic data whose training loader can poison or interrupt a chosen batch of an epoch."""
+
+    def __init__(self, num_batches=4, nan_epoch=None, interrupt=None):
+        rng = onp.random.default_rng(0)
+        self.batches = [(np.array(rng.random((16, 1, 28, 28)), dtype="float32"),
+                         np.array(rng.integers(0, 10, 16), dtype="int64"))
+                        for _ in range(num_batches)]
+        self.nan_epoch, self.interrupt = nan_epoch, interrupt  # interrupt: (epoch, batch)
+        self.epoch, self.served = 0, []  # batches served per training epoch
+
+    def train_dataloader(self):
+        return self
+
+    def val_dataloader(self):
+        return self.batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        self.epoch += 1
+        self.served.append(0)
+        for i, (X, y) in enumerate(self.batches):
+            if self.interrupt == (self.epoch, i):
+                raise KeyboardInterrupt
+            if self.epoch == self.nan_epoch and i == 1:
+                X = X.copy()
+                X[0, 0, 0, 0] = float("nan")
+            self.served[-1] += 1
+            yield X, y
+
+
+def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():
+    data = Scripted(nan_epoch=2)
+    trainer = d2l.Trainer(max_epochs=4, report="none")
+    with pytest.raises(TrainingDiverged, match=r"epoch 2.*nan.*learning rate 0\.1.*halve") as info:
+        trainer.fit(d2l.BNLeNet(lr=0.1), data)
+    assert isinstance(info.value, FloatingPointError)
+    assert data.served == [4, 4]  # the bad epoch ran to its end, and no further epoch started
+    assert trainer.history.epoch == [1] and info.value.history is trainer.history
+
+
+class MLP(d2l.Classifier):
+    """A ReLU network without batch normalization: nothing bounds its activations."""
+
+    def __init__(self, lr: float):
+        super().__init__(lr)
+        self.net = nn.Sequential()
+        self.net.add(nn.Flatten(), nn.Dense(64, activation="relu", in_units=28 * 28),
+                     nn.Dense(64, activation="relu", in_units=64), nn.Dense(10, in_units=64))
+        self.initialize()
+
+
+def test_huge_learning_rate_diverges():
+    # Not BNLeNet: it stays finite even at lr=1e30 (batch norm and the sigmoids bound every
+    # activation, so its loss only grows huge), whereas this MLP overflows float32.
+    trainer = d2l.Trainer(max_epochs=5, report="none")
+    mx.random.seed(0)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: .* nan at learning rate 1e\+06"):
+        trainer.fit(MLP(lr=1e6), Scripted())
+    assert len(trainer.history) == 0
+
+
+def test_keyboard_interrupt_returns_the_history_so_far(capsys):
+    data = Scripted(interrupt=(2, 2))
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    history = trainer.fit(d2l.BNLeNet(), data)
+    assert history.epoch == [1] and trainer.history is history
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "interrupted at epoch 2 of 3" in out[0] and "kept" in out[0]
+
+
+def count_host_syncs(monkeypatch, num_batches: int) -> int:
+    """Python-level reads of array values (item, float, bool, tolist, asnumpy, wait_to_read, ...)
+    during a 2-epoch fit; a read made inside another (tolist calls asnumpy) counts once."""
+    count, depth = 0, 0
+
+    def counting(name):
+        original = getattr(np.ndarray, name)
+
+        def wrapper(self, *args, **kwargs):
+            nonlocal count, depth
+            count += depth == 0
+            depth += 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                depth -= 1
+        return wrapper
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "asnumpy", "asscalar", "wait_to_read", "__float__",
+                     "__int__", "__bool__"):
+            patch.setattr(np.ndarray, name, counting(name))
+        mx.random.seed(0)
+        d2l.Trainer(max_epochs=2, report="none").fit(d2l.BNLeNet(), Scripted(num_batches))
+    return count
+
+
+def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
+    few, many = count_host_syncs(monkeypatch, 2), count_host_syncs(monkeypatch, 8)
+    assert few == many
+    assert 0 < few <= 2 * 2  # per epoch: the training loss, the validation results
