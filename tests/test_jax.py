@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scripted_data import ScriptedData
+
 from d2l_bn import jax as d2l
 from d2l_bn.training import TrainingDiverged
 
@@ -455,39 +457,11 @@ def test_short_real_run_learns_and_repeats(fashion_mnist_root, cls):
     assert again == history  # seeded CPU runs repeat exactly
 
 
-class Scripted:
-    """Synthetic data whose training loader can poison or interrupt a chosen batch of an epoch.
-
-    Batches of 64, as in short_run, and models with its lr=0.5: equal models and shapes reuse the
-    training step compiled there."""
-
-    def __init__(self, num_batches=4, nan_epoch=None, interrupt=None):
-        rng = np.random.default_rng(0)
-        self.batches = [(jnp.asarray(rng.random((64, 28, 28, 1), np.float32)),
-                         jnp.asarray(rng.integers(0, 10, 64, dtype=np.int32)))
-                        for _ in range(num_batches)]
-        self.nan_epoch, self.interrupt = nan_epoch, interrupt  # interrupt: (epoch, batch)
-        self.epoch, self.served = 0, []  # batches served per training epoch
-
-    def train_dataloader(self):
-        return self
-
-    def val_dataloader(self):
-        return self.batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        self.epoch += 1
-        self.served.append(0)
-        for i, (X, y) in enumerate(self.batches):
-            if self.interrupt == (self.epoch, i):
-                raise KeyboardInterrupt
-            if self.epoch == self.nan_epoch and i == 1:
-                X = X.at[0, 0, 0, 0].set(jnp.nan)
-            self.served[-1] += 1
-            yield X, y
+def Scripted(num_batches=4, **kwargs):
+    """Batches of 64, as in short_run, and models with its lr=0.5: equal models and shapes reuse
+    the training step compiled there."""
+    return ScriptedData((64, 28, 28, 1), lambda X, y: (jnp.asarray(X), jnp.asarray(y)),
+                        label_dtype=np.int32, num_batches=num_batches, **kwargs)
 
 
 def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():

@@ -7,6 +7,8 @@ import itertools
 import mxnet as mx
 import numpy as onp
 import pytest
+
+from scripted_data import ScriptedData
 from mxnet import autograd, gluon, np, npx
 from mxnet.gluon import nn
 
@@ -393,37 +395,10 @@ def test_short_real_run_learns_and_repeats(fashion_mnist_root, cls):
     assert again == history  # seeded CPU runs repeat exactly
 
 
-class Scripted:
-    """Synthetic data whose training loader can poison or interrupt a chosen batch of an epoch."""
-
-    def __init__(self, num_batches=4, nan_epoch=None, interrupt=None):
-        rng = onp.random.default_rng(0)
-        self.batches = [(np.array(rng.random((16, 1, 28, 28)), dtype="float32"),
-                         np.array(rng.integers(0, 10, 16), dtype="int64"))
-                        for _ in range(num_batches)]
-        self.nan_epoch, self.interrupt = nan_epoch, interrupt  # interrupt: (epoch, batch)
-        self.epoch, self.served = 0, []  # batches served per training epoch
-
-    def train_dataloader(self):
-        return self
-
-    def val_dataloader(self):
-        return self.batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        self.epoch += 1
-        self.served.append(0)
-        for i, (X, y) in enumerate(self.batches):
-            if self.interrupt == (self.epoch, i):
-                raise KeyboardInterrupt
-            if self.epoch == self.nan_epoch and i == 1:
-                X = X.copy()
-                X[0, 0, 0, 0] = float("nan")
-            self.served[-1] += 1
-            yield X, y
+def Scripted(num_batches=4, **kwargs):
+    return ScriptedData((16, 1, 28, 28),
+                        lambda X, y: (np.array(X, dtype="float32"), np.array(y, dtype="int64")),
+                        num_batches=num_batches, **kwargs)
 
 
 def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():

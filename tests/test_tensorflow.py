@@ -9,6 +9,8 @@ from functools import partial
 import keras
 import numpy as np
 import pytest
+
+from scripted_data import ScriptedData
 import tensorflow as tf
 from keras import layers
 from tensorflow.python.framework import ops as tf_ops
@@ -393,36 +395,9 @@ def test_short_real_run_learns_and_repeats(fashion_mnist_root, cls):
     assert again == history  # seeded runs repeat exactly
 
 
-class Scripted:
-    """Synthetic data whose training loader can poison or interrupt a chosen batch of an epoch."""
-
-    def __init__(self, num_batches=4, nan_epoch=None, interrupt=None):
-        rng = np.random.default_rng(0)
-        self.batches = [(rng.random((16, 28, 28, 1), dtype=np.float32),
-                         rng.integers(0, 10, 16)) for _ in range(num_batches)]
-        self.nan_epoch, self.interrupt = nan_epoch, interrupt  # interrupt: (epoch, batch)
-        self.epoch, self.served = 0, []  # batches served per training epoch
-
-    def train_dataloader(self):
-        return self
-
-    def val_dataloader(self):
-        return [(tf.constant(X), tf.constant(y)) for X, y in self.batches]
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        self.epoch += 1
-        self.served.append(0)
-        for i, (X, y) in enumerate(self.batches):
-            if self.interrupt == (self.epoch, i):
-                raise KeyboardInterrupt
-            if self.epoch == self.nan_epoch and i == 1:
-                X = X.copy()
-                X[0, 0, 0, 0] = np.nan
-            self.served[-1] += 1
-            yield tf.constant(X), tf.constant(y)
+def Scripted(num_batches=4, **kwargs):
+    return ScriptedData((16, 28, 28, 1), lambda X, y: (tf.constant(X), tf.constant(y)),
+                        num_batches=num_batches, **kwargs)
 
 
 def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():

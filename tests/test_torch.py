@@ -4,6 +4,8 @@ and the Trainer (a short run on real Fashion-MNIST, seeding, divergence, Ctrl-C,
 import itertools
 
 import pytest
+
+from scripted_data import ScriptedData
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -332,36 +334,9 @@ def test_short_real_run_learns_and_repeats(fashion_mnist_root, cls):
     assert again == history  # seeded CPU runs repeat exactly
 
 
-class Scripted:
-    """Synthetic data whose training loader can poison or interrupt a chosen batch of an epoch."""
-
-    def __init__(self, num_batches=4, nan_epoch=None, interrupt=None):
-        g = torch.Generator().manual_seed(0)
-        self.batches = [(torch.rand(16, 1, 28, 28, generator=g),
-                         torch.randint(0, 10, (16,), generator=g)) for _ in range(num_batches)]
-        self.nan_epoch, self.interrupt = nan_epoch, interrupt  # interrupt: (epoch, batch)
-        self.epoch, self.served = 0, []  # batches served per training epoch
-
-    def train_dataloader(self):
-        return self
-
-    def val_dataloader(self):
-        return self.batches
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        self.epoch += 1
-        self.served.append(0)
-        for i, (X, y) in enumerate(self.batches):
-            if self.interrupt == (self.epoch, i):
-                raise KeyboardInterrupt
-            if self.epoch == self.nan_epoch and i == 1:
-                X = X.clone()
-                X[0, 0, 0, 0] = float("nan")
-            self.served[-1] += 1
-            yield X, y
+def Scripted(num_batches=4, **kwargs):
+    return ScriptedData((16, 1, 28, 28), lambda X, y: (torch.from_numpy(X), torch.from_numpy(y)),
+                        num_batches=num_batches, **kwargs)
 
 
 def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():
