@@ -23,12 +23,14 @@ export D2L_BN_DATA ?= $(SHARED_DATA)
 endif
 
 # Which tests run in which environment.
-TESTS_torch := tests/test_data.py tests/test_training.py tests/test_torch.py
-TESTS_jax := tests/test_jax.py
-TESTS_tensorflow := tests/test_tensorflow.py
+TESTS_torch := tests/test_data.py tests/test_training.py tests/test_reference.py tests/test_torch.py \
+	tests/test_equivalence_torch.py
+TESTS_jax := tests/test_jax.py tests/test_equivalence_jax.py
+TESTS_tensorflow := tests/test_tensorflow.py tests/test_equivalence_tensorflow.py
 # The data tests run again with MXNet's numpy 1.23.
-TESTS_mxnet := tests/test_data.py tests/test_mxnet.py
-TESTS_book := tests/test_envs.py tests/test_notebooks.py
+TESTS_mxnet := tests/test_data.py tests/test_mxnet.py tests/test_equivalence_mxnet.py
+TESTS_book := tests/test_envs.py tests/test_notebooks.py tests/test_convention_table.py tests/test_launch_links.py
+# tests/test_browser.py needs the built site and Chromium: `make browser-test` runs it.
 
 TIMED := tools/timed
 BOOK_PY := $(BOOK_VENV)/bin/python
@@ -36,7 +38,7 @@ PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs book html notebooks execute nbval test pytest lock clean $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs book html notebooks execute nbval test pytest lock clean mathjax browser-deps browser-test serve $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
@@ -61,6 +63,16 @@ $(VENV)/%/.installed: requirements/%.txt requirements/common.txt requirements/lo
 		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $(KERNEL_ENV_$*)
 	touch $@
 
+# MathJax 3, served with the site so that equations render offline (Jupyter Book 1 loads it from a
+# CDN; MathJax 4 would fetch its fonts from one). Fetched from npm, not committed; _config.yml
+# points `local_mathjax_dir` at its es5/ folder, which _ext/local_mathjax.py copies into the build.
+MATHJAX_VERSION := 3.2.2
+mathjax: $(VENV)/mathjax/.installed-$(MATHJAX_VERSION)
+$(VENV)/mathjax/.installed-$(MATHJAX_VERSION):
+	npm install --prefix $(VENV)/mathjax --no-save --no-package-lock --no-audit --no-fund \
+		--loglevel=error mathjax@$(MATHJAX_VERSION)
+	touch $@
+
 # TensorFlow's C++ logging writes to stderr, which would end up in the notebooks' outputs.
 KERNEL_ENV_tensorflow := --env TF_CPP_MIN_LOG_LEVEL 3 --env TF_ENABLE_ONEDNN_OPTS 0
 
@@ -76,6 +88,7 @@ test:
 	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory pytest
 	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
+	@$(TIMED) "browser test" $(MAKE) --no-print-directory browser-test
 
 pytest: $(FRAMEWORKS:%=pytest-%) pytest-book
 
@@ -104,9 +117,28 @@ execute: envs
 
 # The website from the executed notebooks: merge each page's frameworks, then build. The build
 # executes nothing; warnings are errors.
-html: env-book
+html: env-book mathjax
 	$(PIPELINE) merge
 	$(BOOK_VENV)/bin/jupyter-book build -n -W --keep-going -q .
+
+# Debian's Chromium and chromedriver for the browser test; needs root (apt). Playwright's browser
+# download cannot work offline, and Selenium is given this driver rather than fetching one.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then \
+		echo "chromium and chromedriver are installed"; \
+	else \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
+# The built site in headless Chromium, served on 127.0.0.1: synced tabs, launch links, MathJax,
+# images, links, no requests to other hosts; screenshots go to _build/screenshots/.
+browser-test: html
+	@$(TIMED) "pytest in the browser" $(BOOK_PY) -m pytest $(PYTEST_FLAGS) tests/test_browser.py
+
+# The built site for authors, on http://127.0.0.1:8000 (SERVE_PORT=... for another port).
+SERVE_PORT ?= 8000
+serve: html
+	$(BOOK_PY) -m http.server --bind 127.0.0.1 --directory _build/html $(SERVE_PORT)
 
 # nbval re-executes every committed notebook in its framework's kernel and compares the outputs
 # with the committed ones (tools/nbval-sanitize.cfg lists what may legitimately differ).

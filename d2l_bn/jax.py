@@ -110,6 +110,9 @@ def batch_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
     poisoning every later prediction; the output is non-finite all the same, and the Trainer
     reports the non-finite loss at the end of the epoch.
 
+    A float16 or bfloat16 input is normalized in float32, and the output is float32, as
+    ``flax.linen.BatchNorm`` gives with float32 parameters.
+
     gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[-1]``.
     """
     _check_input(X, gamma, training)
@@ -117,6 +120,8 @@ def batch_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[-1]},)")
+    if X.dtype in (jnp.float16, jnp.bfloat16):
+        X = X.astype(jnp.float32)  # statistics in float16 would lose the mean's digits
     axes = (0,) if X.ndim == 2 else (0, 1, 2)  # all axes but the last, the channels
     if training:
         mean = X.mean(axis=axes)

@@ -74,7 +74,8 @@ def _check_input(X: np.ndarray, gamma: np.ndarray, training: bool) -> None:
 
 def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                running_var: np.ndarray, *, training: bool, momentum: float = 0.1,
-               eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               eps: float = 1e-5, unbiased_running_var: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batch normalization of a 2-D (batch, features) or 4-D (batch, channels, height, width) input.
 
     A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
@@ -105,7 +106,16 @@ def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
     ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
     ===================================  ========================  ===============================
 
-    Like ``gluon.nn.BatchNorm``, the running variance is fed with the biased batch variance.
+    Like ``gluon.nn.BatchNorm``, the running variance is fed with the biased batch variance;
+    ``unbiased_running_var=True`` feeds it the unbiased one (times n / (n - 1), n values per
+    channel), as ``torch.nn.BatchNorm*d`` does. Normalization in training always uses the biased.
+
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (the built-in
+    layer lets it in); the Trainer reports the non-finite loss at the end of the epoch.
+
+    A float16 input is normalized in float32 and the output cast back to float16, as Gluon's
+    layer does; gamma, beta and the running statistics stay float32.
 
     gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
     """
@@ -114,12 +124,21 @@ def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[1]},)")
+    in_dtype = X.dtype
+    if in_dtype == np.float16:
+        X = X.astype("float32")  # statistics in float16 would lose the mean's digits
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
         mean = X.mean(axis=axes)
         var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        n = X.size // X.shape[1]
+        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
-        new_var = (1 - momentum) * running_var + momentum * var.detach()
+        new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
+        # On the device, without waiting for it: a non-finite batch keeps the old statistics.
+        finite = np.isfinite(new_mean).all() * np.isfinite(new_var).all()
+        new_mean = np.where(finite, new_mean, running_mean)
+        new_var = np.where(finite, new_var, running_var)
     else:
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var
@@ -127,7 +146,7 @@ def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean:
     # first: fewer operations on full-size arrays, each of which is slow on MXNet's CPU backend.
     scale = gamma / np.sqrt(var + eps)
     Y = (X - _per_channel(mean, X)) * _per_channel(scale, X) + _per_channel(beta, X)
-    return Y, new_mean, new_var
+    return Y.astype(in_dtype, copy=False), new_mean, new_var
 
 
 class BatchNorm(nn.Block):
@@ -140,6 +159,7 @@ class BatchNorm(nn.Block):
             convolution (input (batch, channels, height, width)).
         momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
         eps: added to the variance, so that a constant channel does not divide by zero.
+        unbiased_running_var: update the running variance as ``torch.nn.BatchNorm*d`` does.
 
     ``gamma`` and ``beta`` are parameters; ``running_mean`` and ``running_var`` are parameters
     with ``grad_req='null'``, as in ``gluon.nn.BatchNorm``: not trained, but initialized by
@@ -155,13 +175,13 @@ class BatchNorm(nn.Block):
     """
 
     def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, unbiased_running_var: bool = False):
         super().__init__()
         if num_dims not in (2, 4):
             raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
                              f"convolution), got {num_dims!r}")
         self.num_features, self.num_dims = num_features, num_dims
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.unbiased_running_var = momentum, eps, unbiased_running_var
         shape = (num_features,)
         self.gamma = self.params.get("gamma", shape=shape, init=init.One())
         self.beta = self.params.get("beta", shape=shape, init=init.Zero())
@@ -179,7 +199,8 @@ class BatchNorm(nn.Block):
         training = autograd.is_training()
         Y, mean, var = batch_norm(X, self.gamma.data(ctx), self.beta.data(ctx),
                                   self.running_mean.data(ctx), self.running_var.data(ctx),
-                                  training=training, momentum=self.momentum, eps=self.eps)
+                                  training=training, momentum=self.momentum, eps=self.eps,
+                                  unbiased_running_var=self.unbiased_running_var)
         if training:  # in place, so the Parameters keep the arrays that they hand out
             self.running_mean.set_data(mean)
             self.running_var.set_data(var)

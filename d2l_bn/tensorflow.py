@@ -95,6 +95,13 @@ def batch_norm(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
     (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does (Keras' layer keeps
     the biased one, as we do by default); normalization in training always uses the biased one.
 
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (the built-in
+    layer lets it in); the Trainer reports the non-finite loss at the end of the epoch.
+
+    A float16 or bfloat16 input is normalized in float32, and the output is float32, as Keras'
+    layer gives under its default float32 policy.
+
     gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[-1]``.
     """
     _check_input(X, gamma, training)
@@ -102,6 +109,8 @@ def batch_norm(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
         if tuple(t.shape) != tuple(gamma.shape):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[-1]},)")
+    if X.dtype in (tf.float16, tf.bfloat16):
+        X = tf.cast(X, tf.float32)  # statistics in float16 would lose the mean's digits
     # Channels last: a (C,) tensor broadcasts along the last axis as it is, no reshape needed.
     axes = (0,) if X.ndim == 2 else (0, 1, 2)
     if training:
@@ -111,6 +120,11 @@ def batch_norm(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
         new_var = (1 - momentum) * running_var + momentum * tf.stop_gradient(var_for_running)
+        # On the device, inside tf.function too: a non-finite batch keeps the old statistics.
+        finite = tf.reduce_all(tf.math.is_finite(new_mean)) & tf.reduce_all(
+            tf.math.is_finite(new_var))
+        new_mean = tf.where(finite, new_mean, running_mean)
+        new_var = tf.where(finite, new_var, running_var)
     else:
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var

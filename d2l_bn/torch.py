@@ -93,6 +93,13 @@ def batch_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does; normalization in
     training always uses the biased one.
 
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (the built-in
+    layers let it in); the Trainer reports the non-finite loss at the end of the epoch.
+
+    A float16 or bfloat16 input is normalized in float32 and the output cast back to its dtype,
+    as ``nn.BatchNorm*d`` does; gamma, beta and the running statistics stay float32.
+
     gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
     """
     _check_input(X, gamma, training)
@@ -100,6 +107,9 @@ def batch_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[1]},)")
+    in_dtype = X.dtype
+    if in_dtype in (torch.float16, torch.bfloat16):
+        X = X.float()  # statistics in float16 would lose the mean's digits; cast back below
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
         mean = X.mean(dim=axes)
@@ -108,12 +118,16 @@ def batch_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
+        # On the device, without a host sync: a non-finite batch keeps the old statistics.
+        finite = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
+        new_mean = torch.where(finite, new_mean, running_mean)
+        new_var = torch.where(finite, new_var, running_var)
     else:
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var
     X_hat = (X - _per_channel(mean, X.ndim)) / torch.sqrt(_per_channel(var, X.ndim) + eps)
     Y = _per_channel(gamma, X.ndim) * X_hat + _per_channel(beta, X.ndim)
-    return Y, new_mean, new_var
+    return Y.to(in_dtype), new_mean, new_var
 
 
 class BatchNorm(nn.Module):

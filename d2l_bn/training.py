@@ -68,8 +68,10 @@ class TrainingDiverged(FloatingPointError):
                   else f"Lower the learning rate (e.g. halve it, to {lr / 2:g})")
         super().__init__(
             f"training diverged in epoch {epoch}: its mean training loss is {loss}{rate}. "
-            f"{advice} and check the inputs for NaN, infinite or unscaled values. The history of "
-            f"the {len(history)} epoch(s) before is kept in trainer.history.")
+            f"{advice} and check the inputs for NaN, infinite or unscaled values. The model's "
+            f"weights, and the running statistics of built-in batch-norm layers, may now hold "
+            f"NaN: build a fresh model before training again. The history of the "
+            f"{len(history)} epoch(s) before is kept in trainer.history.")
 
 
 # --- Reporting ---------------------------------------------------------------------------------

@@ -23,3 +23,17 @@ def pytest_sessionfinish(session, exitstatus):
             reporter.write_line("FAILED: tests were skipped, and D2L_BN_NO_SKIPS=1 forbids that",
                                 red=True)
             session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    # The equivalence tests record the largest error per comparison: print them, so that a run
+    # shows how close scratch, built-in and reference are, not only that they pass.
+    import sys
+    equivalence = sys.modules.get("equivalence")
+    if equivalence is None or not equivalence.LARGEST:
+        return
+    terminalreporter.section("largest errors seen (equivalence tests)")
+    terminalreporter.write_line(f"{'framework':<11} {'comparison':<52} {'max |error|':>11} "
+                                f"{'/ tolerance':>11}")
+    for (framework, what), (error, ratio) in sorted(equivalence.LARGEST.items()):
+        terminalreporter.write_line(f"{framework:<11} {what:<52} {error:>11.2e} {ratio:>11.3f}")

@@ -1,6 +1,6 @@
-"""d2l_bn.mxnet: the scratch layer's statistics, its equivalence with gluon.nn.BatchNorm (including
-when Gluon updates its running statistics), the models and the Trainer (a short run on real
-Fashion-MNIST, seeding, divergence, Ctrl-C, host syncs)."""
+"""d2l_bn.mxnet: the scratch layer's statistics, its input checks, the models and the Trainer (a
+short run on real Fashion-MNIST, seeding, divergence, Ctrl-C, host syncs). The equivalence with the
+built-in layer and the float64 reference is in test_equivalence_*.py."""
 
 import itertools
 
@@ -166,77 +166,6 @@ def test_running_stats_are_parameters_that_are_not_trained(tmp_path):
 
 
 # --- Equivalence with Gluon's own layer ----------------------------------------------------------
-
-def paired_layers(shape: tuple, rng: onp.random.Generator):
-    """Ours and Gluon's, with the same gamma and beta; Gluon's momentum 0.9 is our 0.1."""
-    C = shape[1]
-    ours = scratch_layer(shape, rng)
-    ref = nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=C)
-    ref.initialize()
-    ref.gamma.set_data(ours.gamma.data())
-    ref.beta.set_data(ours.beta.data())
-    return ours, ref
-
-
-def forward_backward(layer, X, weights):
-    """Output and input gradient of one training step with the loss sum(Y * weights)."""
-    X = X.copy()
-    X.attach_grad()
-    with autograd.record():
-        Y = layer(X)
-        loss = (Y * weights).sum()  # a loss whose gradient is not trivial
-    loss.backward()
-    return Y, X.grad
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_matches_gluon_batchnorm_outputs_gradients_and_eval(shape):
-    rng = onp.random.default_rng(6)
-    ours, ref = paired_layers(shape, rng)
-    for _ in range(5):
-        X = shifted_batch(shape, rng)
-        weights = np.array(rng.standard_normal(shape), dtype="float32")
-        Y_ours, dX_ours = forward_backward(ours, X, weights)
-        Y_ref, dX_ref = forward_backward(ref, X, weights)
-        assert_close(Y_ours, Y_ref)
-        assert_close(dX_ours, dX_ref)
-        assert_close(ours.gamma.grad(), ref.gamma.grad())
-        assert_close(ours.beta.grad(), ref.beta.grad())
-    # after each backward: both biased, both with our momentum 0.1 (Gluon's 0.9)
-    assert_close(ours.running_mean.data(), ref.running_mean.data())
-    assert_close(ours.running_var.data(), ref.running_var.data())
-    X = shifted_batch(shape, rng)
-    assert_close(ours(X), ref(X))  # prediction mode
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_gluon_updates_running_stats_in_backward_ours_in_forward(shape):
-    """MXNet 1.9.1 on the CPU: gluon.nn.BatchNorm's forward pass under autograd.record()
-    leaves its running statistics as they were; its backward pass updates them. Ours update in
-    the forward pass. Training-mode outputs agree either way."""
-    rng = onp.random.default_rng(7)
-    ours, ref = paired_layers(shape, rng)
-    X = shifted_batch(shape, rng)
-    X.attach_grad()
-    with autograd.record():
-        Y_ours, Y_ref = ours(X), ref(X)
-    mx.nd.waitall()  # not a matter of MXNet's asynchronous execution
-    assert_close(Y_ours, Y_ref)
-    assert onp.array_equal(ref.running_mean.data().asnumpy(), onp.zeros(shape[1]))
-    assert onp.array_equal(ref.running_var.data().asnumpy(), onp.ones(shape[1]))
-    X64, axes = X.asnumpy().astype(onp.float64), reduce_axes(X)
-    assert_close(ours.running_mean.data(), 0.1 * X64.mean(axis=axes))
-    Y_ref.backward()
-    assert_close(ref.running_mean.data(), ours.running_mean.data())
-    assert_close(ref.running_var.data(), ours.running_var.data())
-    # In training mode without recording there is no backward, so Gluon never updates them,
-    # although it normalizes with the batch statistics; ours update in the forward pass.
-    with autograd.train_mode():
-        Y_ours, Y_ref = ours(X), ref(X)
-    assert_close(Y_ours, Y_ref)
-    assert_close(ref.running_mean.data(), 0.1 * X64.mean(axis=axes))
-    assert_close(ours.running_mean.data(), 0.19 * X64.mean(axis=axes))
-
 
 def test_layer_norm_matches_mxnet():
     rng = onp.random.default_rng(8)

@@ -64,11 +64,10 @@ def test_notebook_opens_in_colab_and_installs_d2l_bn_first(source, framework, pa
         assert "sys.version_info >= (3, 12)" in first_code.source
         assert "environment.yml" in first_code.source
         assert (ROOT / "notebooks" / "mxnet" / "environment.yml").exists()
-        assert f"d2l_bn[mxnet] @ git+{repository}" in first_code.source
-    else:
-        assert f"d2l_bn @ git+{repository}" in first_code.source
-        assert framework not in first_code.source.split("pip", 1)[1], \
-            "the install cell must not reinstall the framework the platform already has"
+    # d2l_bn with its framework extra, only where something is missing: the extras are lower
+    # bounds (pyproject.toml), which Colab's own framework satisfies, so pip keeps it.
+    assert f"d2l_bn[{framework}] @ git+{repository}" in first_code.source
+    assert "find_spec(" in first_code.source.split("pip", 1)[0]
 
 
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)

@@ -1,7 +1,7 @@
-"""d2l_bn.tensorflow: the scratch layer's statistics, its equivalence with
-keras.layers.BatchNormalization, the models and the Trainer (a short run on real Fashion-MNIST,
-seeding, divergence, Ctrl-C, host syncs), and the regression test for d2l's TensorFlow trainer,
-which never passed ``training=True``."""
+"""d2l_bn.tensorflow: the scratch layer's statistics, its input checks, the models and the Trainer
+(a short run on real Fashion-MNIST, seeding, divergence, Ctrl-C, host syncs), and the regression
+test for d2l's TensorFlow trainer, which never passed ``training=True``. The equivalence with the
+built-in layer and the float64 reference is in test_equivalence_*.py."""
 
 import itertools
 from functools import partial
@@ -30,15 +30,6 @@ def assert_close(actual, expected, atol=None) -> None:
     if atol is None:
         atol = 16 * EPS32 * np.abs(expected).max()
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=atol)
-
-
-def sum_atol(terms: np.ndarray, axes: tuple) -> float:
-    """atol for a sum over ``axes`` of ``terms`` of either sign (the gradients w.r.t. gamma and
-    beta): 4 float32 ulps of the largest sum of |terms|. Float32 sums of a few hundred terms are
-    no more precise than that, and the result, which cancels, can be much smaller than its terms
-    (here about 800 terms of size ~1 per channel sum to ~10; each implementation errs by up to
-    ~2 ulps of the 500 or so that their sizes add up to)."""
-    return 4 * EPS32 * np.abs(terms).sum(axis=axes).max()
 
 
 def shifted_batch(shape: tuple, rng: np.random.Generator) -> tf.Tensor:
@@ -148,89 +139,6 @@ def test_running_stats_are_non_trainable_weights():
 
 
 # --- Equivalence with Keras' own layer -----------------------------------------------------------
-
-def paired_layers(shape: tuple, rng: np.random.Generator, keras_momentum: float = 0.9,
-                  epsilon: float = 1e-5):
-    """Ours and keras.layers.BatchNormalization with the same gamma and beta; Keras' momentum m
-    is our 1 - m."""
-    C = shape[-1]
-    ours = d2l.BatchNorm(C, num_dims=len(shape), momentum=1 - keras_momentum, eps=epsilon)
-    ref = layers.BatchNormalization(momentum=keras_momentum, epsilon=epsilon)
-    ref.build(shape)
-    gamma, beta = rng.uniform(0.5, 2, size=C), rng.standard_normal(C)
-    for layer in (ours, ref):
-        layer.gamma.assign(gamma)
-        layer.beta.assign(beta)
-    return ours, ref
-
-
-def training_step(layer, X, weights):
-    """Training-mode output, and the gradients of sum(Y * weights) w.r.t. X, gamma and beta."""
-    with tf.GradientTape() as tape:
-        tape.watch(X)
-        Y = layer(X, training=True)
-        loss = tf.reduce_sum(Y * weights)  # a loss whose gradient is not trivial
-    return (Y, *tape.gradient(loss, [X, layer.gamma, layer.beta]))
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_matches_keras_batchnormalization_outputs_gradients_and_prediction(shape):
-    rng = np.random.default_rng(4)
-    ours, ref = paired_layers(shape, rng)
-    for _ in range(5):
-        X = shifted_batch(shape, rng)
-        weights = tf.constant(rng.standard_normal(shape), dtype=tf.float32)
-        Y, dX, dgamma, dbeta = training_step(ours, X, weights)
-        Y_ref, dX_ref, dgamma_ref, dbeta_ref = training_step(ref, X, weights)
-        assert_close(Y, Y_ref)
-        assert_close(dX, dX_ref)
-        # dY = weights; dgamma sums dY * X_hat, dbeta sums dY, over a channel's values
-        X64, axes = X.numpy().astype(np.float64), reduce_axes(X)
-        X_hat = (X64 - X64.mean(axis=axes)) / X64.std(axis=axes)
-        assert_close(dgamma, dgamma_ref, atol=sum_atol(weights.numpy() * X_hat, axes))
-        assert_close(dbeta, dbeta_ref, atol=sum_atol(weights.numpy(), axes))
-    assert_close(ours.running_mean, ref.moving_mean)
-    assert_close(ours.running_var, ref.moving_variance)
-    X = shifted_batch(shape, rng)
-    assert_close(ours(X, training=False), ref(X, training=False))
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_keras_defaults_are_momentum_0_01_and_eps_1e_3_in_our_terms(shape):
-    ref = layers.BatchNormalization()
-    assert ref.momentum == 0.99 and ref.epsilon == 1e-3  # pinned: the chapter's table says so
-    rng = np.random.default_rng(5)
-    ours, ref = paired_layers(shape, rng, keras_momentum=0.99, epsilon=1e-3)
-    assert (ours.momentum, ours.eps) == pytest.approx((0.01, 1e-3))
-    for _ in range(3):
-        X = shifted_batch(shape, rng)
-        assert_close(ours(X, training=True), ref(X, training=True))
-    assert_close(ours.running_var, ref.moving_variance)
-    # and ours, at its own eps 1e-5, is not Keras' default layer: small variances show it
-    X = tf.constant(rng.standard_normal(shape) * 0.02, dtype=tf.float32)  # var 4e-4 ~ 1e-3
-    default_ours = d2l.BatchNorm(shape[-1], num_dims=len(shape))
-    default_ref = layers.BatchNormalization()
-    assert not np.allclose(default_ours(X, training=True), default_ref(X, training=True),
-                           rtol=1e-2)
-
-
-@pytest.mark.parametrize("shape", SHAPES)
-def test_running_var_is_biased_like_keras_unless_asked(shape):
-    # From running_var = 1 and momentum 0.1, after k steps both are 0.9**k + (batch part); with
-    # unbiased_running_var=True (PyTorch's way) the batch part is Keras' times n / (n - 1).
-    rng = np.random.default_rng(6)
-    ours, ref = paired_layers(shape, rng)
-    unbiased = d2l.BatchNorm(shape[-1], num_dims=len(shape), unbiased_running_var=True)
-    k, n = 4, int(np.prod(shape[:-1]))
-    for _ in range(k):
-        X = shifted_batch(shape, rng)
-        ours(X, training=True), ref(X, training=True), unbiased(X, training=True)
-    assert_close(ours.running_var, ref.moving_variance)
-    prior = 0.9 ** k
-    assert_close((ref.moving_variance.numpy() - prior) * n / (n - 1),
-                 unbiased.running_var.numpy() - prior)
-    assert not np.allclose(unbiased.running_var, ref.moving_variance, rtol=1e-3)
-
 
 def test_layer_norm_matches_keras():
     rng = np.random.default_rng(7)

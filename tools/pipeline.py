@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -33,18 +34,23 @@ MERGED = ROOT / "book"
 
 # Tag -> what readers see; the order is the order of the tabs.
 FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": "TensorFlow"}
+# The tab sync group of the page's code tabs (_ext/framework_tabs.py), which the launch box joins.
+SYNC_GROUP = "framework"
 # The d2l_bn files a framework's notebooks import: a change to any of them re-executes them.
-D2L_BN_FILES = ["__init__.py", "_require.py", "data.py", "training.py", "plotting.py"]
+D2L_BN_FILES = ["__init__.py", "_require.py", "data.py", "training.py", "plotting.py", "reference.py"]
 # Colab and Studio Lab accept this kernelspec; the framework's kernel is chosen at run time.
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 INSTALL_CELL = '''\
-# On Colab or SageMaker Studio Lab, install d2l_bn (the framework is already there; locally,
-# d2l_bn is installed and this does nothing).
+# On Colab or SageMaker Studio Lab, install what the platform lacks: d2l_bn, and {name} with it
+# where it is missing (locally everything is there, and this does nothing).
 import importlib.util, subprocess, sys
-if importlib.util.find_spec("d2l_bn") is None:
+if any(importlib.util.find_spec(module) is None for module in {modules}):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "d2l_bn @ git+{repository}@{branch}"], check=True)'''
+                    "d2l_bn[{framework}] @ git+{repository}@{branch}"], check=True)'''
+# The modules each framework's notebook imports (d2l_bn's extras install them).
+MODULES = {"torch": ["torch"], "jax": ["jax", "flax", "optax"], "tensorflow": ["tensorflow", "keras"],
+           "mxnet": ["mxnet"]}
 
 # No platform ships MXNet, and its last release cannot run on Python 3.12+ (Colab's): say so at
 # once rather than fail somewhere in the middle.
@@ -90,10 +96,6 @@ def studio_lab_url(source: Path, framework: str) -> str:
     return f"https://studiolab.sagemaker.aws/import/github/{_repository_path(source, framework)}"
 
 
-def github_url(source: Path, framework: str) -> str:
-    return f"https://github.com/{_repository_path(source, framework)}"
-
-
 def launch_links(source: Path, framework: str) -> str:
     return (f"*{FRAMEWORKS[framework]} notebook:* "
             f"[Open in Colab]({colab_url(source, framework)}) · "
@@ -127,7 +129,9 @@ def split(source: Path, framework: str) -> nbformat.NotebookNode:
     repo = book_config()["repository"]
     template = MXNET_INSTALL_CELL if framework == "mxnet" else INSTALL_CELL
     install = nbformat.v4.new_code_cell(
-        template.format(repository=repo["url"], branch=repo["branch"]), id="install",
+        template.format(repository=repo["url"], branch=repo["branch"], framework=framework,
+                        name=FRAMEWORKS[framework], modules=MODULES[framework] + ["d2l_bn"]),
+        id="install",
         metadata={"tags": [framework]})
     links = nbformat.v4.new_markdown_cell(launch_links(source, framework), id="launch")
     cells = [links, install] + [cell for cell in chapter.cells
@@ -213,6 +217,20 @@ def execute(path: Path, force: bool = False) -> bool:
     return True
 
 
+def launch_box(source: Path, frameworks: list[str]) -> str:
+    """A page's "Run it yourself" box: one tab per framework, synced with the code tabs (same sync
+    group, same order), with links to open its notebook in Colab or Studio Lab or to download it."""
+    tabs = "".join(
+        f":::{{tab-item}} {FRAMEWORKS[framework]}\n:sync: {framework}\n"
+        f"[Open in Colab]({colab_url(source, framework)}) · "
+        f"[Open in SageMaker Studio Lab]({studio_lab_url(source, framework)}) · "
+        f"[Download the .ipynb](path:{os.path.relpath(notebook_path(source, framework), MERGED)})"
+        "\n:::\n" for framework in frameworks)
+    return ("::::::{admonition} Run it yourself\n:class: tip launch\n"
+            "Open this section as a notebook in the framework you chose:\n\n"
+            f"::::{{tab-set}}\n:sync-group: {SYNC_GROUP}\n\n{tabs}::::\n::::::")
+
+
 def merge(source: Path) -> nbformat.NotebookNode:
     """The page: shared markdown once, then every framework's executed cells in source order."""
     chapter = read_source(source)
@@ -223,11 +241,7 @@ def merge(source: Path) -> nbformat.NotebookNode:
             for cell in nbformat.read(path, as_version=4).cells:
                 executed[cell.id] = cell
     present = [framework for framework in FRAMEWORKS if notebook_path(source, framework).exists()]
-    launch = ":::{admonition} Run it yourself\n:class: tip\nOpen this section as a notebook " \
-        "in the framework of your choice:\n" + "".join(
-            f"- **{FRAMEWORKS[framework]}**: [Colab]({colab_url(source, framework)}) · "
-            f"[SageMaker Studio Lab]({studio_lab_url(source, framework)}) · "
-            f"[the .ipynb file]({github_url(source, framework)})\n" for framework in present) + ":::"
+    launch = launch_box(source, present)
     cells = []
     for position, cell in enumerate(chapter.cells):
         if position == 1:  # after the title and introduction

@@ -1,0 +1,80 @@
+"""The chapter's table of built-in conventions says what tests/conventions.py says, and every test
+it names exists in the shared equivalence tests that each framework's test file runs."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from conventions import CONVENTIONS
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTER = ROOT / "chapters" / "batch-norm.md"
+FRAMEWORKS = ["torch", "mxnet", "jax", "tensorflow"]  # the table's column order
+
+
+def table() -> dict[str, list[str]]:
+    """The table after the label sec-batch-norm-conventions: row label -> its cells."""
+    text = CHAPTER.read_text()
+    start = text.index("(sec-batch-norm-conventions)=")
+    lines = text[start:].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| | PyTorch"))
+    rows = {}
+    for line in lines[first + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def expected_cells(convention: dict) -> dict[str, str]:
+    """What each row must say for one framework (only the rows that CONVENTIONS records)."""
+    m = convention["momentum_default"]
+    ours = m if convention["momentum_weights"] == "new" else round(1 - m, 10)
+    layout = "NCHW" if convention["channel_axis"] == 1 else "NHWC"
+    return {
+        "`momentum` weights": "the new batch" if convention["momentum_weights"] == "new"
+        else "the old average",
+        "`momentum` default (ours)": f"{m:g} ({ours:g})",
+        r"$\epsilon$ default": f"{convention['eps_default']:.0e}".replace("e-0", "e-"),
+        "running variance": convention["running_var"],
+        "batch variance": convention["variance"],
+        "channel axis": f"{convention['channel_axis']} ({layout})",
+        "running statistics updated in": convention["updates_in"],
+        "float16 input gives": "float16" if convention["half_output"] == "input dtype"
+        else "float32",
+    }
+
+
+def shared_tests() -> set[str]:
+    tree = ast.parse((ROOT / "tests" / "equivalence.py").read_text())
+    return {node.name for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_table_states_the_pinned_conventions(framework):
+    rows, column = table(), FRAMEWORKS.index(framework)
+    for row, expected in expected_cells(CONVENTIONS[framework]).items():
+        assert row in rows, f"the chapter's convention table has no row {row!r}"
+        assert rows[row][column] == expected, (
+            f"{framework}, {row!r}: the chapter says {rows[row][column]!r}, "
+            f"tests/conventions.py {expected!r}")
+
+
+def test_every_row_names_a_test_that_every_framework_runs():
+    names = shared_tests()
+    for row, cells in table().items():
+        if row == "layer":
+            continue
+        named = re.fullmatch(r"`(test_\w+)`", cells[-1])
+        assert named, f"row {row!r} names no test"
+        assert named.group(1) in names, f"row {row!r}: no test {named.group(1)} in equivalence.py"
+    for framework in FRAMEWORKS:
+        test_file = (ROOT / "tests" / f"test_equivalence_{framework}.py").read_text()
+        assert "from equivalence import *" in test_file, framework
+    exported = ast.literal_eval(re.search(r"__all__ = (\[.*?\])", (
+        ROOT / "tests" / "equivalence.py").read_text(), re.S).group(1))
+    assert names <= set(exported), f"not exported, so not run: {names - set(exported)}"

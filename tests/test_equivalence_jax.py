@@ -1,0 +1,101 @@
+"""JAX: d2l_bn.jax's scratch layer, flax.linen.BatchNorm and the float64 reference held to the same
+checks (tests/equivalence.py)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from d2l_bn import jax as d2l
+from equivalence import *  # noqa: F401,F403  the shared tests, run here in JAX
+
+
+class Layer:
+    """A Flax module and its variables: the state that PyTorch keeps inside the module."""
+
+    def __init__(self, module, variables, scratch: bool):
+        self.module, self.variables, self.scratch = module, variables, scratch
+        self.affine = ("gamma", "beta") if scratch else ("scale", "bias")
+        self.stats = ("running_mean", "running_var") if scratch else ("mean", "var")
+
+    def apply(self, variables, X, train: bool):
+        mode = {"train": train} if self.scratch else {"use_running_average": not train}
+        if train:
+            return self.module.apply(variables, X, mutable=["batch_stats"], **mode)
+        return self.module.apply(variables, X, **mode), {}
+
+
+class JaxAdapter:
+    name, channel_axis = "jax", -1
+
+    def layer(self, kind, C, ndim, gamma, beta, momentum=None, eps=None,
+              unbiased_running_var=None, use_fast_variance=None):
+        if kind == "scratch":
+            options = only_given(momentum=momentum, eps=eps,
+                                 unbiased_running_var=unbiased_running_var,
+                                 use_fast_variance=use_fast_variance)
+            module = d2l.BatchNorm(C, ndim, **options)
+            variables = module.init(jax.random.PRNGKey(0), jnp.zeros((2,) * (ndim - 1) + (C,)),
+                                    train=False)
+        else:
+            assert unbiased_running_var is None, "Flax's running variance is biased"
+            # Flax's momentum weights the old average: ours m is its 1 - m.
+            options = only_given(momentum=None if momentum is None else 1 - momentum,
+                                 epsilon=eps, use_fast_variance=use_fast_variance)
+            module = nn.BatchNorm(**options)
+            variables = module.init(jax.random.PRNGKey(0), jnp.zeros((2,) * (ndim - 1) + (C,)),
+                                    use_running_average=True)
+        layer = Layer(module, variables, kind == "scratch")
+        layer.variables["params"] = {layer.affine[0]: jnp.asarray(gamma),
+                                     layer.affine[1]: jnp.asarray(beta)}
+        return layer
+
+    def step(self, layer, X, dY):
+        def loss(X, params):
+            Y, updates = layer.apply({**layer.variables, "params": params}, X, train=True)
+            return (Y * dY).sum(), (Y, updates)
+
+        (_, (Y, updates)), (dX, dparams) = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+            jnp.asarray(X), layer.variables["params"])
+        layer.variables = {**layer.variables, **updates}
+        return (np.asarray(Y), np.asarray(dX), np.asarray(dparams[layer.affine[0]]),
+                np.asarray(dparams[layer.affine[1]]))
+
+    def forward(self, layer, X):
+        Y, updates = layer.apply(layer.variables, jnp.asarray(X), train=True)
+        layer.variables = {**layer.variables, **updates}
+        return np.asarray(Y)
+
+    def predict(self, layer, X):
+        return np.asarray(layer.apply(layer.variables, jnp.asarray(X), train=False)[0])
+
+    def running(self, layer):
+        stats = layer.variables["batch_stats"]
+        return np.asarray(stats[layer.stats[0]]), np.asarray(stats[layer.stats[1]])
+
+    def builtin_momentum_and_eps(self):
+        layer = nn.BatchNorm()
+        return layer.momentum, layer.epsilon
+
+    def forward_half(self, layer, X, dtype):
+        X = jnp.asarray(X).astype(getattr(jnp, dtype))
+        Y = self.forward(layer, X)
+        return Y.astype(np.float64), str(Y.dtype), np.asarray(X.astype(jnp.float64)
+                                                             if jax.config.x64_enabled
+                                                             else X.astype(jnp.float32),
+                                                             np.float64)
+
+    def batch_norm(self, X, gamma, beta):
+        C = X.shape[-1]
+        Y, _, _ = d2l.batch_norm(jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta),
+                                 jnp.zeros(C), jnp.ones(C), training=True)
+        return np.asarray(Y)
+
+    def layer_norm(self, X, gamma, beta):
+        return np.asarray(d2l.layer_norm(jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta)))
+
+
+@pytest.fixture(scope="module")
+def fw():
+    return JaxAdapter()

@@ -1,0 +1,77 @@
+"""MXNet: d2l_bn.mxnet's scratch layer, mxnet.gluon.nn.BatchNorm and the float64 reference held to
+the same checks (tests/equivalence.py)."""
+
+import numpy as onp
+import pytest
+from mxnet import autograd, np, npx
+from mxnet.gluon import nn
+
+from d2l_bn import mxnet as d2l
+from equivalence import *  # noqa: F401,F403  the shared tests, run here in MXNet
+
+npx.set_np()
+
+
+class MXNetAdapter:
+    name, channel_axis = "mxnet", 1
+
+    def layer(self, kind, C, ndim, gamma, beta, momentum=None, eps=None,
+              unbiased_running_var=None):
+        if kind == "scratch":
+            options = only_given(momentum=momentum, eps=eps,
+                                 unbiased_running_var=unbiased_running_var)
+            layer = d2l.BatchNorm(C, ndim, **options)
+        else:
+            assert unbiased_running_var is None, "Gluon's running variance is biased"
+            # Gluon's momentum weights the old average: ours m is its 1 - m.
+            options = only_given(momentum=None if momentum is None else 1 - momentum,
+                                 epsilon=eps)
+            layer = nn.BatchNorm(in_channels=C, **options)
+        layer.initialize()
+        layer.gamma.set_data(np.array(gamma))
+        layer.beta.set_data(np.array(beta))
+        return layer
+
+    def step(self, layer, X, dY):
+        X = np.array(X)
+        X.attach_grad()
+        with autograd.record():
+            Y = layer(X)
+            loss = (Y * np.array(dY)).sum()
+        loss.backward()
+        return (Y.asnumpy(), X.grad.asnumpy(), layer.gamma.grad().asnumpy(),
+                layer.beta.grad().asnumpy())
+
+    def forward(self, layer, X):
+        with autograd.record():  # training mode; no backward
+            return layer(np.array(X)).asnumpy()
+
+    def predict(self, layer, X):
+        return layer(np.array(X)).asnumpy()
+
+    def running(self, layer):
+        return layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy()
+
+    def builtin_momentum_and_eps(self):
+        layer = nn.BatchNorm()
+        return layer._kwargs["momentum"], layer._kwargs["eps"]
+
+    def forward_half(self, layer, X, dtype):
+        X = np.array(X, dtype=dtype)
+        with autograd.record():
+            Y = layer(X)
+        return Y.asnumpy().astype(onp.float64), str(Y.dtype), X.asnumpy().astype(onp.float64)
+
+    def batch_norm(self, X, gamma, beta):
+        C = X.shape[1]
+        Y, _, _ = d2l.batch_norm(np.array(X), np.array(gamma), np.array(beta), np.zeros(C),
+                                 np.ones(C), training=True)
+        return Y.asnumpy()
+
+    def layer_norm(self, X, gamma, beta):
+        return d2l.layer_norm(np.array(X), np.array(gamma), np.array(beta)).asnumpy()
+
+
+@pytest.fixture(scope="module")
+def fw():
+    return MXNetAdapter()

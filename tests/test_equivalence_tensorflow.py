@@ -1,0 +1,74 @@
+"""TensorFlow: d2l_bn.tensorflow's scratch layer, keras.layers.BatchNormalization and the float64
+reference held to the same checks (tests/equivalence.py)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from d2l_bn import tensorflow as d2l
+from equivalence import *  # noqa: F401,F403  the shared tests, run here in TensorFlow
+
+
+class TensorFlowAdapter:
+    name, channel_axis = "tensorflow", -1
+
+    def layer(self, kind, C, ndim, gamma, beta, momentum=None, eps=None,
+              unbiased_running_var=None):
+        if kind == "scratch":
+            options = only_given(momentum=momentum, eps=eps,
+                                 unbiased_running_var=unbiased_running_var)
+            layer = d2l.BatchNorm(C, ndim, **options)
+        else:
+            assert unbiased_running_var is None, "Keras' running variance is biased"
+            # Keras' momentum weights the old average: ours m is its 1 - m.
+            options = only_given(momentum=None if momentum is None else 1 - momentum,
+                                 epsilon=eps)
+            layer = keras.layers.BatchNormalization(**options)
+            layer.build((None,) * (ndim - 1) + (C,))
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+        return layer
+
+    def step(self, layer, X, dY):
+        X = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = layer(X, training=True)
+            loss = tf.reduce_sum(Y * dY)
+        dX, dgamma, dbeta = tape.gradient(loss, [X, layer.gamma, layer.beta])
+        return Y.numpy(), dX.numpy(), dgamma.numpy(), dbeta.numpy()
+
+    def forward(self, layer, X):
+        return layer(tf.constant(X), training=True).numpy()
+
+    def predict(self, layer, X):
+        return layer(tf.constant(X), training=False).numpy()
+
+    def running(self, layer):
+        if isinstance(layer, d2l.BatchNorm):
+            return layer.running_mean.numpy(), layer.running_var.numpy()
+        return layer.moving_mean.numpy(), layer.moving_variance.numpy()
+
+    def builtin_momentum_and_eps(self):
+        layer = keras.layers.BatchNormalization()
+        return layer.momentum, layer.epsilon
+
+    def forward_half(self, layer, X, dtype):
+        X = tf.cast(tf.constant(X), dtype)
+        Y = layer(X, training=True)
+        return (tf.cast(Y, tf.float64).numpy(), Y.dtype.name, tf.cast(X, tf.float64).numpy())
+
+    def batch_norm(self, X, gamma, beta):
+        C = X.shape[-1]
+        Y, _, _ = d2l.batch_norm(tf.constant(X), tf.constant(gamma), tf.constant(beta),
+                                 tf.zeros(C), tf.ones(C), training=True)
+        return Y.numpy()
+
+    def layer_norm(self, X, gamma, beta):
+        return d2l.layer_norm(tf.constant(X), tf.constant(gamma), tf.constant(beta)).numpy()
+
+
+@pytest.fixture(scope="module")
+def fw():
+    return TensorFlowAdapter()
