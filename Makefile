@@ -38,7 +38,7 @@ PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs book html notebooks execute nbval test pytest lock clean mathjax browser-deps browser-test serve $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs book html notebooks execute nbval test pytest lock clean mathjax browser-deps browser-test serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
@@ -150,6 +150,36 @@ nbval: envs
 			--nbval-kernel-name d2l-bn-$$framework \
 			--nbval-sanitize-with tools/nbval-sanitize.cfg || exit 1; \
 	done
+
+# Benchmarks (benchmarks/README.md): every figure of one table measured in one run, written to
+# benchmarks/results/$(BENCH_DEVICE).{json,md} and printed. On a machine with a CUDA GPU the
+# PyTorch, JAX and TensorFlow figures are taken there: run `make bench BENCH_DEVICE=gpu`.
+BENCH_DEVICE ?= cpu
+BENCH_RUN := _build/bench/$(BENCH_DEVICE)
+bench: export TF_CPP_MIN_LOG_LEVEL := 3
+bench: export TF_ENABLE_ONEDNN_OPTS := 0
+bench: envs env-bench-d2l mathjax
+	rm -rf $(BENCH_RUN)
+	@for fw in $(FRAMEWORKS); do \
+		$(TIMED) "benchmark steps in $$fw" $(VENV)/$$fw/bin/python benchmarks/steps.py \
+			--framework $$fw --out $(BENCH_RUN)/$$fw.json || exit 1; \
+	done
+	@$(TIMED) "benchmark against d2l 1.0.3" $(VENV)/bench-d2l/bin/python benchmarks/d2l_pipeline.py \
+		--out $(BENCH_RUN)/d2l_pipeline.json
+	@$(TIMED) "benchmark notebooks" $(BOOK_PY) benchmarks/notebooks.py --out $(BENCH_RUN)/notebooks.json
+	$(BOOK_PY) benchmarks/report.py $(BENCH_RUN) --device $(BENCH_DEVICE) --command "make bench"
+
+# The original d2l 1.0.3 package needs torchvision, which needs torch 2.14.1 (a CUDA build of about
+# 5.5 GB that also runs on the CPU), not the chapter's CPU-only 2.13.0: so it gets an environment of
+# its own, used by the benchmark only. d2l goes in without its dependencies (it pins old numpy and
+# matplotlib); what it imports is in requirements/bench-d2l.txt.
+env-bench-d2l: $(VENV)/bench-d2l/.installed
+$(VENV)/bench-d2l/.installed: requirements/bench-d2l.txt requirements/lock/bench-d2l.txt pyproject.toml
+	test -x $(VENV)/bench-d2l/bin/python || $(PYTHON) -m venv $(VENV)/bench-d2l
+	$(VENV)/bench-d2l/bin/pip install $(PIP_INSTALL) -r requirements/bench-d2l.txt -c requirements/lock/bench-d2l.txt
+	$(VENV)/bench-d2l/bin/pip install $(PIP_INSTALL) --no-deps d2l==1.0.3
+	$(VENV)/bench-d2l/bin/pip install $(PIP_INSTALL) --no-deps -e .
+	touch $@
 
 clean:
 	rm -rf _build

@@ -27,7 +27,9 @@ from . import data as _data  # noqa: E402
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
-           "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged"]
+           "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged",
+           # for the exercises
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -332,8 +334,10 @@ def train_step(model: Classifier, state: TrainState, X: jax.Array,
     """One SGD step in training mode; returns the new state and the minibatch's mean loss."""
 
     def loss_fn(params):
+        # A key per step for models with dropout (d2l_bn's MLP); other models ignore it.
+        rngs = {"dropout": jax.random.fold_in(jax.random.PRNGKey(0), state.step)}
         Y_hat, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                        X, train=True, mutable=["batch_stats"])
+                                        X, train=True, mutable=["batch_stats"], rngs=rngs)
         return model.loss(Y_hat, y), updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -410,7 +414,7 @@ class Trainer:
         seed: the initial weights come from ``jax.random.PRNGKey(seed)``. With the data's
             ``seed`` fixed too (its shuffling), CPU runs repeat exactly.
         report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
-            ``"bar"`` or ``"none"``.
+            ``"bar"``, ``"none"``, or a ``d2l_bn.training.Report`` instance.
 
     ``fit`` initializes the model afresh and keeps its variables in ``trainer.state``, a
     :class:`TrainState` (``trainer.state.params``, ``trainer.state.batch_stats``), updated after
@@ -420,7 +424,7 @@ class Trainer:
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: int = 0,
-                 report: str = "auto"):
+                 report: "str | Report" = "auto"):
         self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
         self.device = _device(num_gpus)
         self.history = History()
@@ -451,3 +455,156 @@ class Trainer:
                 lambda: evaluate(model, self.state, val_loader),
                 num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
                 lr=getattr(model, "lr", None), report=self.report)
+
+    def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
+        """Mean loss and accuracy of ``model``, with the variables of ``trainer.state``, over
+        ``loader``, in prediction mode: e.g. on the training data,
+        ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
+        with jax.default_device(self.device):
+            return evaluate(model, self.state, loader)
+
+
+# --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
+
+def batch_norm_variant(X: jax.Array, gamma: jax.Array, beta: jax.Array,
+                       running_mean: jax.Array, running_var: jax.Array, *, training: bool,
+                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
+                       divide_std: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`batch_norm` with either half of the standardization switched off.
+
+    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
+    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
+    with both options on the result is the same. Returns ``(Y, new_running_mean,
+    new_running_var)``."""
+    _check_input(X, gamma, training)
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)
+    if training:
+        mean = X.mean(axis=axes)
+        var = ((X - mean) ** 2).mean(axis=axes)
+        new_mean = (1 - momentum) * running_mean + momentum * jax.lax.stop_gradient(mean)
+        new_var = (1 - momentum) * running_var + momentum * jax.lax.stop_gradient(var)
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = X - mean if subtract_mean else X
+    if divide_std:
+        X_hat = X_hat / jnp.sqrt(var + eps)
+    Y = gamma * X_hat + beta
+    return Y, new_mean, new_var
+
+
+class BatchNormVariant(nn.Module):
+    """:class:`BatchNorm` built on :func:`batch_norm_variant`, with its two options, and
+    ``learn_affine=False`` to keep gamma at 1 and beta at 0 (constants, not parameters)."""
+
+    num_features: int
+    num_dims: int
+    momentum: float = 0.1
+    eps: float = 1e-5
+    subtract_mean: bool = True
+    divide_std: bool = True
+    learn_affine: bool = True
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool) -> jax.Array:
+        shape = (self.num_features,)
+        if self.learn_affine:
+            gamma = self.param("gamma", nn.initializers.ones, shape)
+            beta = self.param("beta", nn.initializers.zeros, shape)
+        else:
+            gamma, beta = jnp.ones(shape), jnp.zeros(shape)
+        running_mean = self.variable("batch_stats", "running_mean", jnp.zeros, shape)
+        running_var = self.variable("batch_stats", "running_var", jnp.ones, shape)
+        Y, mean, var = batch_norm_variant(
+            X, gamma, beta, running_mean.value, running_var.value, training=train,
+            momentum=self.momentum, eps=self.eps, subtract_mean=self.subtract_mean,
+            divide_std=self.divide_std)
+        if train and not self.is_initializing():
+            running_mean.value, running_var.value = mean, var
+        return Y
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization from scratch, built on :func:`layer_norm`: gamma and beta have the
+    shape of one example (e.g. (height, width, channels) after a convolution), found at
+    initialization."""
+
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, X: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", nn.initializers.ones, X.shape[1:])
+        beta = self.param("beta", nn.initializers.zeros, X.shape[1:])
+        return layer_norm(X, gamma, beta, self.eps)
+
+
+class NormLeNet(Classifier):
+    """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
+    fc1, fc2), before the sigmoid; the normalization layers are named ``norm1`` to ``norm4``.
+
+    Attributes:
+        norms: one entry per hidden layer: ``'batch'`` (:class:`BatchNormVariant`), ``'layer'``
+            (:class:`LayerNorm`) or ``None``. The default, all ``'batch'``, is
+            :class:`BNLeNetScratch`.
+        bias: whether a convolution or dense layer followed by a normalization has a bias
+            (a layer without normalization after it always has one).
+        subtract_mean, divide_std, learn_affine: the options of :class:`BatchNormVariant`.
+    """
+
+    norms: tuple = ("batch",) * 4
+    bias: bool = True
+    subtract_mean: bool = True
+    divide_std: bool = True
+    learn_affine: bool = True
+
+    def _norm(self, i: int, X: jax.Array, train: bool) -> jax.Array:
+        kind, name = self.norms[i], f"norm{i + 1}"
+        if kind == "batch":
+            return BatchNormVariant(X.shape[-1], X.ndim, subtract_mean=self.subtract_mean,
+                                    divide_std=self.divide_std, learn_affine=self.learn_affine,
+                                    name=name)(X, train)
+        if kind == "layer":
+            return LayerNorm(name=name)(X)
+        if kind is None:
+            return X
+        raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
+        if len(self.norms) != 4:
+            raise ValueError(f"norms needs one entry per hidden layer, 4, got {self.norms!r}")
+        bias = [self.bias or kind is None for kind in self.norms]
+        X = nn.Conv(6, (5, 5), padding="VALID", use_bias=bias[0], kernel_init=init_cnn,
+                    name="conv1")(X)
+        X = nn.avg_pool(nn.sigmoid(self._norm(0, X, train)), (2, 2), strides=(2, 2))
+        X = nn.Conv(16, (5, 5), padding="VALID", use_bias=bias[1], kernel_init=init_cnn,
+                    name="conv2")(X)
+        X = nn.avg_pool(nn.sigmoid(self._norm(1, X, train)), (2, 2), strides=(2, 2))
+        X = X.reshape((X.shape[0], -1))  # flatten
+        X = nn.Dense(120, use_bias=bias[2], kernel_init=init_cnn, name="fc1")(X)
+        X = nn.sigmoid(self._norm(2, X, train))
+        X = nn.Dense(84, use_bias=bias[3], kernel_init=init_cnn, name="fc2")(X)
+        X = nn.sigmoid(self._norm(3, X, train))
+        return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
+
+
+class MLP(Classifier):
+    """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
+    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
+    ``dropout`` (none at 0; its random keys come from the Trainer's ``'dropout'`` stream)."""
+
+    num_hiddens: tuple = (256, 256)
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+    @nn.compact
+    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
+        X = X.reshape((X.shape[0], -1))  # flatten
+        for outputs in self.num_hiddens:
+            X = nn.Dense(outputs, kernel_init=init_cnn)(X)
+            if self.batch_norm:
+                X = BatchNorm(outputs, num_dims=2)(X, train)
+            X = nn.relu(X)
+            if self.dropout > 0:
+                X = nn.Dropout(self.dropout, deterministic=not train)(X)
+        return nn.Dense(self.num_classes, kernel_init=init_cnn)(X)

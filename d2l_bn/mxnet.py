@@ -28,7 +28,9 @@ from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E40
 npx.set_np()
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
-           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged"]
+           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           # for the exercises
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -398,14 +400,14 @@ class Trainer:
             ``mx.random.seed`` before building the model and fix the data's ``seed`` (its
             shuffling); then CPU runs repeat exactly.
         report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
-            ``"bar"`` or ``"none"``.
+            ``"bar"``, ``"none"``, or a ``d2l_bn.training.Report`` instance.
 
     ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
     (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
-                 report: str = "auto"):
+                 report: "str | Report" = "auto"):
         self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
         use_gpu = num_gpus > 0 and mx.context.num_gpus() > 0
         self.ctx = mx.gpu(0) if use_gpu else mx.cpu()
@@ -427,3 +429,158 @@ class Trainer:
             partial(evaluate, model, val_loader, self.ctx),
             num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
             lr=getattr(model, "lr", None), report=self.report)
+
+    def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
+        """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the
+        training data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
+        return evaluate(model, loader, self.ctx)
+
+
+# --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
+
+def batch_norm_variant(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                       running_mean: np.ndarray, running_var: np.ndarray, *, training: bool,
+                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
+                       divide_std: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`batch_norm` with either half of the standardization switched off.
+
+    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
+    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
+    with both options on the result is the same. Returns ``(Y, new_running_mean,
+    new_running_var)``."""
+    _check_input(X, gamma, training)
+    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    if training:
+        mean = X.mean(axis=axes)
+        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
+        new_var = (1 - momentum) * running_var + momentum * var.detach()
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = X - _per_channel(mean, X) if subtract_mean else X
+    if divide_std:
+        X_hat = X_hat * _per_channel(1 / np.sqrt(var + eps), X)
+    Y = X_hat * _per_channel(gamma, X) + _per_channel(beta, X)
+    return Y, new_mean, new_var
+
+
+class BatchNormVariant(nn.Block):
+    """:class:`BatchNorm` built on :func:`batch_norm_variant`, with its two options, and
+    ``learn_affine=False`` to keep gamma at 1 and beta at 0 (``grad_req='null'``)."""
+
+    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
+                 eps: float = 1e-5, subtract_mean: bool = True, divide_std: bool = True,
+                 learn_affine: bool = True):
+        super().__init__()
+        self.num_features, self.num_dims, self.momentum, self.eps = (
+            num_features, num_dims, momentum, eps)
+        self.subtract_mean, self.divide_std = subtract_mean, divide_std
+        shape, affine = (num_features,), "write" if learn_affine else "null"
+        self.gamma = self.params.get("gamma", shape=shape, init=init.One(), grad_req=affine)
+        self.beta = self.params.get("beta", shape=shape, init=init.Zero(), grad_req=affine)
+        self.running_mean = self.params.get("running_mean", shape=shape, init=init.Zero(),
+                                            grad_req="null", differentiable=False)
+        self.running_var = self.params.get("running_var", shape=shape, init=init.One(),
+                                           grad_req="null", differentiable=False)
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        ctx = getattr(X, "ctx", None)
+        training = autograd.is_training()
+        Y, mean, var = batch_norm_variant(
+            X, self.gamma.data(ctx), self.beta.data(ctx), self.running_mean.data(ctx),
+            self.running_var.data(ctx), training=training, momentum=self.momentum, eps=self.eps,
+            subtract_mean=self.subtract_mean, divide_std=self.divide_std)
+        if training:
+            self.running_mean.set_data(mean)
+            self.running_var.set_data(var)
+        return Y
+
+
+class LayerNorm(nn.Block):
+    """Layer normalization from scratch, built on :func:`layer_norm`: gamma and beta have the
+    shape of one example, ``shape`` (e.g. (channels, height, width) after a convolution)."""
+
+    def __init__(self, shape: tuple, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+        self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        ctx = getattr(X, "ctx", None)
+        return layer_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.eps)
+
+
+def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple,
+          **options) -> list:
+    """The normalization layer of a kind, in a list (empty for None: Gluon has no Identity)."""
+    if kind == "batch":
+        return [BatchNormVariant(num_features, num_dims, **options)]
+    if kind == "layer":
+        return [LayerNorm(shape)]
+    if kind is None:
+        return []
+    raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+class NormLeNet(Classifier):
+    """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
+    fc1, fc2), before the sigmoid.
+
+    Args:
+        norms: one entry per hidden layer: ``'batch'`` (:class:`BatchNormVariant`), ``'layer'``
+            (:class:`LayerNorm`) or ``None``. The default, all ``'batch'``, is
+            :class:`BNLeNetScratch`.
+        bias: whether a convolution or dense layer followed by a normalization has a bias
+            (a layer without normalization after it always has one).
+        **options: ``subtract_mean``, ``divide_std``, ``learn_affine`` of
+            :class:`BatchNormVariant`.
+    """
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 norms: tuple = ("batch",) * 4, bias: bool = True, **options):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        if len(norms) != 4:
+            raise ValueError(f"norms needs one entry per hidden layer, 4, got {norms!r}")
+        has_bias = [bias or kind is None for kind in norms]
+        self.net = nn.Sequential()
+        self.net.add(
+            nn.Conv2D(6, kernel_size=5, in_channels=1, use_bias=has_bias[0]),
+            *_norm(norms[0], 6, 4, (6, 24, 24), **options),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Conv2D(16, kernel_size=5, in_channels=6, use_bias=has_bias[1]),
+            *_norm(norms[1], 16, 4, (16, 8, 8), **options),
+            nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
+            nn.Flatten(), nn.Dense(120, in_units=_FLAT, use_bias=has_bias[2]),
+            *_norm(norms[2], 120, 2, (120,), **options), nn.Activation("sigmoid"),
+            nn.Dense(84, in_units=120, use_bias=has_bias[3]),
+            *_norm(norms[3], 84, 2, (84,), **options), nn.Activation("sigmoid"),
+            nn.Dense(num_classes, in_units=84))
+        self.initialize()
+
+
+class MLP(Classifier):
+    """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
+    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
+    ``dropout`` (none at 0)."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 num_hiddens: tuple = (256, 256), dropout: float = 0.0,
+                 batch_norm: bool = False):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        self.net = nn.Sequential()
+        self.net.add(nn.Flatten())
+        inputs = 28 * 28
+        for outputs in num_hiddens:
+            self.net.add(nn.Dense(outputs, in_units=inputs))
+            if batch_norm:
+                self.net.add(BatchNorm(outputs, num_dims=2))
+            self.net.add(nn.Activation("relu"))
+            if dropout > 0:
+                self.net.add(nn.Dropout(dropout))
+            inputs = outputs
+        self.net.add(nn.Dense(num_classes, in_units=inputs))
+        self.initialize()

@@ -24,7 +24,9 @@ from . import data as _data  # noqa: E402
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
-           "FashionMNIST", "Trainer", "History", "TrainingDiverged"]
+           "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           # for the exercises
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -376,14 +378,14 @@ class Trainer:
             before building the model and fix the data's ``seed`` (its shuffling); then runs
             repeat exactly.
         report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
-            ``"bar"`` or ``"none"``.
+            ``"bar"``, ``"none"``, or a ``d2l_bn.training.Report`` instance.
 
     ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
     (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
-                 report: str = "auto"):
+                 report: "str | Report" = "auto"):
         self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
         use_gpu = num_gpus > 0 and bool(tf.config.list_physical_devices("GPU"))
         self.device = "/GPU:0" if use_gpu else "/CPU:0"
@@ -411,3 +413,156 @@ class Trainer:
                 partial(evaluate, compiled_eval_step, val_loader),
                 num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
                 lr=getattr(model, "lr", None), report=self.report)
+
+    def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
+        """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the
+        training data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
+        with tf.device(self.device):
+            return evaluate(tf.function(partial(eval_step, model), jit_compile=True), loader)
+
+
+# --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
+
+def batch_norm_variant(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
+                       running_mean: tf.Tensor, running_var: tf.Tensor, *, training: bool,
+                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
+                       divide_std: bool = True) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """:func:`batch_norm` with either half of the standardization switched off.
+
+    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
+    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
+    with both options on the result is the same. Returns ``(Y, new_running_mean,
+    new_running_var)``."""
+    _check_input(X, gamma, training)
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)
+    if training:
+        mean = tf.reduce_mean(X, axis=axes)
+        var = tf.reduce_mean(tf.square(X - mean), axis=axes)
+        new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
+        new_var = (1 - momentum) * running_var + momentum * tf.stop_gradient(var)
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = X - mean if subtract_mean else X
+    if divide_std:
+        X_hat = X_hat / tf.sqrt(var + eps)
+    Y = gamma * X_hat + beta
+    return Y, new_mean, new_var
+
+
+class BatchNormVariant(layers.Layer):
+    """:class:`BatchNorm` built on :func:`batch_norm_variant`, with its two options, and
+    ``learn_affine=False`` to keep gamma at 1 and beta at 0 (non-trainable weights)."""
+
+    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
+                 eps: float = 1e-5, subtract_mean: bool = True, divide_std: bool = True,
+                 learn_affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.num_features, self.num_dims, self.momentum, self.eps = (
+            num_features, num_dims, momentum, eps)
+        self.subtract_mean, self.divide_std = subtract_mean, divide_std
+        shape = (num_features,)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", trainable=learn_affine,
+                                     name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", trainable=learn_affine,
+                                    name="beta")
+        self.running_mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
+                                            name="running_mean")
+        self.running_var = self.add_weight(shape=shape, initializer="ones", trainable=False,
+                                           name="running_var")
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        training = bool(training)
+        Y, mean, var = batch_norm_variant(
+            inputs, self.gamma, self.beta, self.running_mean, self.running_var,
+            training=training, momentum=self.momentum, eps=self.eps,
+            subtract_mean=self.subtract_mean, divide_std=self.divide_std)
+        if training:
+            self.running_mean.assign(mean)
+            self.running_var.assign(var)
+        return Y
+
+
+class LayerNorm(layers.Layer):
+    """Layer normalization from scratch, built on :func:`layer_norm`: gamma and beta have the
+    shape of one example (e.g. (height, width, channels) after a convolution), found when the
+    layer is built."""
+
+    def __init__(self, eps: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def build(self, input_shape) -> None:
+        shape = tuple(input_shape[1:])
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return layer_norm(inputs, self.gamma, self.beta, self.eps)
+
+
+def _norm(kind: Optional[str], num_features: int, num_dims: int, **options) -> list:
+    """The normalization layer of a kind, in a list (empty for None)."""
+    if kind == "batch":
+        return [BatchNormVariant(num_features, num_dims, **options)]
+    if kind == "layer":
+        return [LayerNorm()]
+    if kind is None:
+        return []
+    raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+class NormLeNet(Classifier):
+    """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
+    fc1, fc2), before the sigmoid.
+
+    Args:
+        norms: one entry per hidden layer: ``'batch'`` (:class:`BatchNormVariant`), ``'layer'``
+            (:class:`LayerNorm`) or ``None``. The default, all ``'batch'``, is
+            :class:`BNLeNetScratch`.
+        bias: whether a convolution or dense layer followed by a normalization has a bias
+            (a layer without normalization after it always has one).
+        **options: ``subtract_mean``, ``divide_std``, ``learn_affine`` of
+            :class:`BatchNormVariant`.
+    """
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 norms: tuple = ("batch",) * 4, bias: bool = True, **options):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        if len(norms) != 4:
+            raise ValueError(f"norms needs one entry per hidden layer, 4, got {norms!r}")
+        has_bias = [bias or kind is None for kind in norms]
+        self.net = keras.Sequential([
+            keras.Input(shape=_INPUT_SHAPE),
+            layers.Conv2D(6, kernel_size=5, use_bias=has_bias[0]),
+            *_norm(norms[0], 6, 4, **options),
+            layers.Activation("sigmoid"), layers.AvgPool2D(pool_size=2, strides=2),
+            layers.Conv2D(16, kernel_size=5, use_bias=has_bias[1]),
+            *_norm(norms[1], 16, 4, **options),
+            layers.Activation("sigmoid"), layers.AvgPool2D(pool_size=2, strides=2),
+            layers.Flatten(), layers.Dense(120, use_bias=has_bias[2]),
+            *_norm(norms[2], 120, 2, **options), layers.Activation("sigmoid"),
+            layers.Dense(84, use_bias=has_bias[3]), *_norm(norms[3], 84, 2, **options),
+            layers.Activation("sigmoid"), layers.Dense(num_classes)])
+
+
+class MLP(Classifier):
+    """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
+    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
+    ``dropout`` (none at 0)."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 num_hiddens: tuple = (256, 256), dropout: float = 0.0,
+                 batch_norm: bool = False):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        blocks = [keras.Input(shape=_INPUT_SHAPE), layers.Flatten()]
+        for outputs in num_hiddens:
+            blocks.append(layers.Dense(outputs))
+            if batch_norm:
+                blocks.append(BatchNorm(outputs, num_dims=2))
+            blocks.append(layers.Activation("relu"))
+            if dropout > 0:
+                blocks.append(layers.Dropout(dropout))
+        self.net = keras.Sequential([*blocks, layers.Dense(num_classes)])

@@ -20,7 +20,9 @@ from . import data as _data  # noqa: E402
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
-           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged"]
+           "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           # for the exercises
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -350,14 +352,14 @@ class Trainer:
             reproducible run also call ``torch.manual_seed`` before building the model and fix
             the data's ``seed`` (its shuffling); then CPU runs repeat exactly.
         report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
-            ``"bar"`` or ``"none"``.
+            ``"bar"``, ``"none"``, or a ``d2l_bn.training.Report`` instance.
 
     ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
     (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
-                 report: str = "auto"):
+                 report: "str | Report" = "auto"):
         self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
         use_gpu = num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda:0" if use_gpu else "cpu")
@@ -378,3 +380,151 @@ class Trainer:
             partial(evaluate, model, val_loader, self.device),
             num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
             lr=getattr(model, "lr", None), report=self.report)
+
+    def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
+        """Mean loss and accuracy of ``model`` over ``loader``, in eval mode: e.g. on the training
+        data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
+        return evaluate(model, loader, self.device)
+
+
+# --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
+
+def batch_norm_variant(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                       running_mean: torch.Tensor, running_var: torch.Tensor, *, training: bool,
+                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
+                       divide_std: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`batch_norm` with either half of the standardization switched off.
+
+    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
+    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
+    with both options on the result is the same. Returns ``(Y, new_running_mean,
+    new_running_var)``."""
+    _check_input(X, gamma, training)
+    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    if training:
+        mean = X.mean(dim=axes)
+        var = ((X - _per_channel(mean, X.ndim)) ** 2).mean(dim=axes)
+        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
+        new_var = (1 - momentum) * running_var + momentum * var.detach()
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    X_hat = X - _per_channel(mean, X.ndim) if subtract_mean else X
+    if divide_std:
+        X_hat = X_hat / torch.sqrt(_per_channel(var, X.ndim) + eps)
+    Y = _per_channel(gamma, X.ndim) * X_hat + _per_channel(beta, X.ndim)
+    return Y, new_mean, new_var
+
+
+class BatchNormVariant(nn.Module):
+    """:class:`BatchNorm` built on :func:`batch_norm_variant`, with its two options, and
+    ``learn_affine=False`` to keep gamma at 1 and beta at 0 (buffers, not parameters)."""
+
+    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
+                 eps: float = 1e-5, subtract_mean: bool = True, divide_std: bool = True,
+                 learn_affine: bool = True):
+        super().__init__()
+        self.num_features, self.num_dims, self.momentum, self.eps = (
+            num_features, num_dims, momentum, eps)
+        self.subtract_mean, self.divide_std = subtract_mean, divide_std
+        gamma, beta = torch.ones(num_features), torch.zeros(num_features)
+        if learn_affine:
+            self.gamma, self.beta = nn.Parameter(gamma), nn.Parameter(beta)
+        else:
+            self.register_buffer("gamma", gamma)
+            self.register_buffer("beta", beta)
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        Y, mean, var = batch_norm_variant(
+            X, self.gamma, self.beta, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps,
+            subtract_mean=self.subtract_mean, divide_std=self.divide_std)
+        if self.training:
+            with torch.no_grad():
+                self.running_mean.copy_(mean)
+                self.running_var.copy_(var)
+        return Y
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization from scratch, built on :func:`layer_norm`: gamma and beta have the
+    shape of one example, ``shape`` (e.g. (channels, height, width) after a convolution)."""
+
+    def __init__(self, shape: tuple[int, ...], eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return layer_norm(X, self.gamma, self.beta, self.eps)
+
+
+def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple[int, ...],
+          **options) -> list:
+    """The normalization layer of a kind, in a list (empty for None)."""
+    if kind == "batch":
+        return [BatchNormVariant(num_features, num_dims, **options)]
+    if kind == "layer":
+        return [LayerNorm(shape)]
+    if kind is None:
+        return []
+    raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+class NormLeNet(Classifier):
+    """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
+    fc1, fc2), before the sigmoid.
+
+    Args:
+        norms: one entry per hidden layer: ``'batch'`` (:class:`BatchNormVariant`), ``'layer'``
+            (:class:`LayerNorm`) or ``None``. The default, all ``'batch'``, is
+            :class:`BNLeNetScratch`.
+        bias: whether a convolution or linear layer followed by a normalization has a bias
+            (a layer without normalization after it always has one).
+        **options: ``subtract_mean``, ``divide_std``, ``learn_affine`` of
+            :class:`BatchNormVariant`.
+    """
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 norms: tuple = ("batch",) * 4, bias: bool = True, **options):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        if len(norms) != 4:
+            raise ValueError(f"norms needs one entry per hidden layer, 4, got {norms!r}")
+        has_bias = [bias or kind is None for kind in norms]
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, kernel_size=5, bias=has_bias[0]),
+            *_norm(norms[0], 6, 4, (6, 24, 24), **options),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Conv2d(6, 16, kernel_size=5, bias=has_bias[1]),
+            *_norm(norms[1], 16, 4, (16, 8, 8), **options),
+            nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+            nn.Flatten(), nn.Linear(_FLAT, 120, bias=has_bias[2]),
+            *_norm(norms[2], 120, 2, (120,), **options), nn.Sigmoid(),
+            nn.Linear(120, 84, bias=has_bias[3]), *_norm(norms[3], 84, 2, (84,), **options),
+            nn.Sigmoid(), nn.Linear(84, num_classes))
+
+
+class MLP(Classifier):
+    """A multilayer perceptron on flattened images: each hidden layer is a linear layer, then
+    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
+    ``dropout`` (none at 0)."""
+
+    def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
+                 num_hiddens: tuple[int, ...] = (256, 256), dropout: float = 0.0,
+                 batch_norm: bool = False):
+        super().__init__(lr)
+        self.num_classes = num_classes
+        blocks, inputs = [nn.Flatten()], 28 * 28
+        for outputs in num_hiddens:
+            blocks.append(nn.Linear(inputs, outputs))
+            if batch_norm:
+                blocks.append(BatchNorm(outputs, num_dims=2))
+            blocks.append(nn.ReLU())
+            if dropout > 0:
+                blocks.append(nn.Dropout(dropout))
+            inputs = outputs
+        self.net = nn.Sequential(*blocks, nn.Linear(inputs, num_classes))

@@ -138,7 +138,11 @@ class LiveFigure(Report):
         self.handle = display(self._draw(History()), display_id=True)
 
     def epoch_done(self, history: History) -> None:
-        self.handle.update(self._draw(history))
+        image = self._draw(history)
+        if self.handle is None:  # no IPython kernel: display() printed the image's repr instead
+            print(image)
+        else:
+            self.handle.update(image)
 
     def _draw(self, history: History):
         from IPython.display import Image
@@ -162,9 +166,12 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def make_report(kind: str = "auto") -> Report:
+def make_report(kind: "str | Report" = "auto") -> Report:
     """``"figure"`` (live plot), ``"bar"`` (progress bar), ``"none"``; ``"auto"`` picks the figure
-    in a notebook and the bar elsewhere."""
+    in a notebook and the bar elsewhere. A :class:`Report` instance is used as it is (the
+    benchmarks time epochs with one)."""
+    if isinstance(kind, Report):
+        return kind
     if kind == "auto":
         kind = "figure" if in_notebook() else "bar"
     reports = {"figure": LiveFigure, "bar": ProgressBar, "none": Report}
@@ -177,7 +184,7 @@ def make_report(kind: str = "auto") -> Report:
 
 def run_epochs(history: History, max_epochs: int, train_epoch: Callable[[Report], float],
                evaluate: Callable[[], tuple[float, float]], *, num_batches: Optional[int] = None,
-               lr: Optional[float] = None, report: str = "auto") -> History:
+               lr: Optional[float] = None, report: "str | Report" = "auto") -> History:
     """Train for ``max_epochs``, appending each finished epoch to ``history``, and return it.
 
     ``history`` belongs to the caller (the trainer), so it keeps the epochs done so far however

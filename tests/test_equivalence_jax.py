@@ -9,6 +9,7 @@ import pytest
 
 from d2l_bn import jax as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in JAX
+from variants import *  # noqa: F401,F403  the exercises' variants, in JAX
 
 
 class Layer:
@@ -94,6 +95,25 @@ class JaxAdapter:
 
     def layer_norm(self, X, gamma, beta):
         return np.asarray(d2l.layer_norm(jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta)))
+
+    def variant(self, X, gamma, beta, training, **options):
+        C = X.shape[-1]
+        return tuple(np.asarray(t) for t in d2l.batch_norm_variant(
+            jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta), jnp.zeros(C), jnp.ones(C),
+            training=training, **options))
+
+    def _model(self, name, **options):
+        model = getattr(d2l, name)(**options)
+        X = jnp.zeros((4, 28, 28, 1))
+        variables = model.init(jax.random.PRNGKey(0), X, train=False)
+        return variables, model.apply(variables, X, train=False)
+
+    def trainable_count(self, name, **options):
+        variables, _ = self._model(name, **options)
+        return sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables["params"]))
+
+    def logits_shape(self, name, **options):
+        return self._model(name, **options)[1].shape
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from mxnet.gluon import nn
 
 from d2l_bn import mxnet as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in MXNet
+from variants import *  # noqa: F401,F403  the exercises' variants, in MXNet
 
 npx.set_np()
 
@@ -70,6 +71,25 @@ class MXNetAdapter:
 
     def layer_norm(self, X, gamma, beta):
         return d2l.layer_norm(np.array(X), np.array(gamma), np.array(beta)).asnumpy()
+
+    def variant(self, X, gamma, beta, training, **options):
+        C = X.shape[1]
+        return tuple(t.asnumpy() for t in d2l.batch_norm_variant(
+            np.array(X), np.array(gamma), np.array(beta), np.zeros(C), np.ones(C),
+            training=training, **options))
+
+    def _model(self, name, **options):
+        model = getattr(d2l, name)(**options)
+        model.initialize()
+        return model, model(np.zeros((4, 1, 28, 28)))
+
+    def trainable_count(self, name, **options):
+        model, _ = self._model(name, **options)
+        return sum(p.data().size for p in model.collect_params().values()
+                   if p.grad_req != "null")
+
+    def logits_shape(self, name, **options):
+        return self._model(name, **options)[1].shape
 
 
 @pytest.fixture(scope="module")

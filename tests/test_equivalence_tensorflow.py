@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from d2l_bn import tensorflow as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in TensorFlow
+from variants import *  # noqa: F401,F403  the exercises' variants, in TensorFlow
 
 
 class TensorFlowAdapter:
@@ -67,6 +68,23 @@ class TensorFlowAdapter:
 
     def layer_norm(self, X, gamma, beta):
         return d2l.layer_norm(tf.constant(X), tf.constant(gamma), tf.constant(beta)).numpy()
+
+    def variant(self, X, gamma, beta, training, **options):
+        C = X.shape[-1]
+        return tuple(t.numpy() for t in d2l.batch_norm_variant(
+            tf.constant(X), tf.constant(gamma), tf.constant(beta), tf.zeros(C), tf.ones(C),
+            training=training, **options))
+
+    def _model(self, name, **options):
+        model = getattr(d2l, name)(**options)
+        return model, model(tf.zeros((4, 28, 28, 1)), training=False)
+
+    def trainable_count(self, name, **options):
+        model, _ = self._model(name, **options)
+        return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+    def logits_shape(self, name, **options):
+        return self._model(name, **options)[1].shape
 
 
 @pytest.fixture(scope="module")

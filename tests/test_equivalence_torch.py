@@ -8,6 +8,7 @@ from torch import nn
 
 from d2l_bn import torch as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in PyTorch
+from variants import *  # noqa: F401,F403  the exercises' variants, in PyTorch
 
 
 class TorchAdapter:
@@ -76,6 +77,25 @@ class TorchAdapter:
     def layer_norm(self, X, gamma, beta):
         return d2l.layer_norm(torch.as_tensor(X), torch.as_tensor(gamma),
                               torch.as_tensor(beta)).numpy()
+
+    def variant(self, X, gamma, beta, training, **options):
+        C = X.shape[1]
+        return tuple(t.numpy() for t in d2l.batch_norm_variant(
+            torch.as_tensor(X), torch.as_tensor(gamma), torch.as_tensor(beta), torch.zeros(C),
+            torch.ones(C), training=training, **options))
+
+    def _model(self, name, **options):
+        model = getattr(d2l, name)(**options)
+        model.eval()
+        with torch.no_grad():
+            return model, model(torch.zeros(4, 1, 28, 28))
+
+    def trainable_count(self, name, **options):
+        model, _ = self._model(name, **options)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def logits_shape(self, name, **options):
+        return self._model(name, **options)[1].shape
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,27 @@ def test_auto_report_outside_a_notebook_is_the_bar():
         training.make_report("plot")
 
 
+def test_a_report_instance_is_used_as_given():
+    class Recorder(training.Report):
+        def __init__(self):
+            self.events = []
+
+        def epoch_start(self, epoch):
+            self.events.append(("start", epoch))
+
+        def batch_done(self):
+            self.events.append("batch")
+
+        def epoch_done(self, history):
+            self.events.append(("done", len(history)))
+
+    recorder = Recorder()
+    train_epoch, evaluate, _ = fake_epochs([1.0, 0.5], num_batches=2)
+    run_epochs(History(), 2, train_epoch, evaluate, report=recorder)
+    assert recorder.events == [("start", 1), "batch", "batch", ("done", 1),
+                               ("start", 2), "batch", "batch", ("done", 2)]
+
+
 def test_live_figure_is_displayed_once_and_updated_per_epoch(monkeypatch):
     import IPython.display
     import matplotlib.pyplot as plt
@@ -104,6 +125,13 @@ def test_live_figure_is_displayed_once_and_updated_per_epoch(monkeypatch):
     for _, image in shown:
         assert image.format == "png" and image.data.startswith(b"\x89PNG")
     assert plt.get_fignums() == figures_before  # nothing left for the inline backend to show
+
+
+def test_live_figure_outside_ipython_prints_one_line_per_epoch(capsys):
+    train_epoch, evaluate, _ = fake_epochs([2.0, 1.0])
+    history = run_epochs(History(), 2, train_epoch, evaluate, report="figure")
+    assert len(history) == 2
+    assert capsys.readouterr().out.count("Image") == 3  # the first display, then one per epoch
 
 
 def test_plot_history_draws_three_labelled_curves():

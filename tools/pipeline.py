@@ -2,6 +2,7 @@
 
     python tools/pipeline.py split      # chapters/*.md -> notebooks/<framework>/*.ipynb (outputs kept)
     python tools/pipeline.py execute    # run each stale notebook in its framework's kernel
+                                        # (--framework torch, --page batch-norm: only those)
     python tools/pipeline.py merge      # executed notebooks -> book/*.ipynb, all frameworks' cells
     python tools/pipeline.py check      # exit 1 if a committed notebook drifted from its source
 
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["split", "execute", "merge", "check"])
     parser.add_argument("--framework", choices=list(FRAMEWORKS), action="append",
                         help="execute only these frameworks' notebooks (default: all)")
+    parser.add_argument("--page", action="append",
+                        help="execute only these pages' notebooks, by name (default: all)")
     parser.add_argument("--force", action="store_true", help="execute even if up to date")
     args = parser.parse_args(argv)
 
@@ -278,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "execute":
         for framework in args.framework or FRAMEWORKS:
             for path in sorted((NOTEBOOKS / framework).glob("*.ipynb")):
+                if args.page and path.stem not in args.page:
+                    continue
                 ran = execute(path, force=args.force)
                 print(f"{'executed' if ran else 'up to date'}: {path.relative_to(ROOT)}")
     elif args.command == "merge":
