@@ -334,28 +334,31 @@ def train_epoch(step: Callable, loader: Iterable, report: Report) -> float:
     """One pass over ``loader`` with the compiled ``step``; returns the mean training loss per
     example.
 
-    The loss is summed on the device and read back once, at the end: a ``float(loss)`` per step
-    would make the host wait for the device at every step.
+    The losses stay on the device and are summed once, at the end: a ``float(loss)`` per step
+    would make the host wait for the device at every step, and even an eager ``total += loss``
+    costs about 1 ms per step on a CPU (5% of a LeNet step), as each eager op is dispatched alone.
     """
-    total, count = tf.zeros(()), 0
+    losses, sizes = [], []
     for X, y in loader:
-        loss = step(X, y)
-        total += loss * len(y)
-        count += len(y)
+        losses.append(step(X, y))
+        sizes.append(len(y))
         report.batch_done()
-    return float(total) / max(count, 1)
+    if not losses:
+        return 0.0
+    total = tf.tensordot(tf.stack(losses), tf.constant(sizes, losses[0].dtype), 1)
+    return float(total) / sum(sizes)
 
 
 def evaluate(step: Callable, loader: Iterable) -> tuple[float, float]:
     """Mean loss and accuracy over the whole of ``loader``, with the compiled ``eval_step``."""
-    loss_sum, correct, count = tf.zeros(()), tf.zeros(()), 0
+    outputs, count = [], 0
     for X, y in loader:
-        batch_loss, batch_correct = step(X, y)
-        loss_sum += batch_loss
-        correct += batch_correct
+        outputs.append(step(X, y))  # (summed loss, number correct) of the batch
         count += len(y)
-    loss_sum, correct = tf.stack([loss_sum, correct]).numpy().tolist()  # one host sync
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    if not outputs:
+        return 0.0, 0.0
+    loss_sum, correct = tf.reduce_sum(tf.stack([tf.stack(out) for out in outputs]), axis=0).numpy()
+    return float(loss_sum) / count, float(correct) / count
 
 
 class Trainer:
