@@ -245,7 +245,8 @@ class Classifier(keras.Model):
         return tf.reduce_mean(correct) if averaged else correct
 
     def configure_optimizers(self) -> keras.optimizers.Optimizer:
-        return keras.optimizers.SGD(learning_rate=self.lr)
+        # Keras refuses an int learning rate, which the other frameworks take (lr=1).
+        return keras.optimizers.SGD(learning_rate=float(self.lr))
 
 
 # LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 24x24@6 -> 12x12@6

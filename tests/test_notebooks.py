@@ -95,16 +95,28 @@ def definitions(code: str, prefix: str = "") -> dict[str, str]:
             for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
 
 
+def local_helpers(source) -> set[str]:
+    """Names a page declares, in its front matter (``d2l_bn: local_helpers: [...]``), as helpers
+    of its own that d2l_bn does not ship (the exercises' `train`, for instance)."""
+    return set(pipeline.read_source(source).metadata.get("d2l_bn", {}).get("local_helpers", []))
+
+
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
 def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
-    """The chapter shows the from-scratch code; d2l_bn must hold exactly that code."""
+    """A page shows from-scratch code; d2l_bn must hold exactly that code. Only the helpers a page
+    declares local may be defined without being shipped, and they must not shadow d2l_bn."""
     cells = [cell.source for cell in pipeline.read_source(source).cells
              if pipeline.framework_of(cell) == framework]
     shown = {}
     for code in cells:
         shown.update(definitions(code, prefix="d2l."))
     shipped = definitions((ROOT / "d2l_bn" / f"{framework}.py").read_text())
-    assert shown, "the chapter defines nothing from scratch"
+    local = local_helpers(source)
+    for name in local & set(shipped):
+        pytest.fail(f"{name} is declared a local helper of {source.name} but d2l_bn.{framework} "
+                    f"ships a {name}: rename the helper")
+    shown = {name: code for name, code in shown.items() if name not in local}
+    assert shown, f"{source.name} shows no code of d2l_bn.{framework}"
     for name, code in shown.items():
         assert name in shipped, f"the chapter defines {name}, which d2l_bn.{framework} lacks"
         assert code == shipped[name], f"{name} in the chapter differs from d2l_bn.{framework}"

@@ -423,3 +423,9 @@ def test_regression_trainer_puts_batch_norm_in_training_mode(cls):
     d2l.evaluate(tf.function(partial(d2l.eval_step, model)), data.val_dataloader())
     after = running_stats(model.net.layers[1])
     assert np.array_equal(after[0], before[0]) and np.array_equal(after[1], before[1])
+
+
+def test_an_integer_learning_rate_is_accepted():
+    """Keras' SGD refuses learning_rate=1; the other frameworks take it, so ours does too."""
+    optimizer = d2l.BNLeNet(lr=1).configure_optimizers()
+    assert float(optimizer.learning_rate) == 1.0
