@@ -23,12 +23,15 @@ export D2L_BN_DATA ?= $(SHARED_DATA)
 endif
 
 # Which tests run in which environment.
+# tests/test_parallel_<framework>.py run every multi-device experiment in fresh processes.
 TESTS_torch := tests/test_data.py tests/test_training.py tests/test_reference.py tests/test_torch.py \
-	tests/test_equivalence_torch.py
-TESTS_jax := tests/test_jax.py tests/test_equivalence_jax.py
-TESTS_tensorflow := tests/test_tensorflow.py tests/test_equivalence_tensorflow.py
+	tests/test_equivalence_torch.py tests/test_parallel.py tests/test_parallel_torch.py
+TESTS_jax := tests/test_jax.py tests/test_equivalence_jax.py tests/test_parallel_jax.py
+TESTS_tensorflow := tests/test_tensorflow.py tests/test_equivalence_tensorflow.py \
+	tests/test_parallel_tensorflow.py
 # The data tests run again with MXNet's numpy 1.23.
-TESTS_mxnet := tests/test_data.py tests/test_mxnet.py tests/test_equivalence_mxnet.py
+TESTS_mxnet := tests/test_data.py tests/test_mxnet.py tests/test_equivalence_mxnet.py \
+	tests/test_parallel_mxnet.py
 TESTS_book := tests/test_envs.py tests/test_notebooks.py tests/test_convention_table.py tests/test_launch_links.py
 # tests/test_browser.py needs the built site and Chromium: `make browser-test` runs it.
 

@@ -289,19 +289,27 @@ class BNLeNet(Classifier):
     """The same LeNet with Flax's own ``nn.BatchNorm``, whose ``momentum=0.9`` (weight of the
     old average) is our 0.1: both models keep the same running averages."""
 
+    # For data-parallel training (the page "Batch Normalization Across Devices"): the mapped axis
+    # over which the devices pool their batch statistics; None keeps each device's own.
+    axis_name: str | None = None
+
     @nn.compact
     def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
         X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv1")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn1")(X))
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
+                                    name="bn1")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv2")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn2")(X))
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
+                                    name="bn2")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = X.reshape((X.shape[0], -1))  # flatten
         X = nn.Dense(120, kernel_init=init_cnn, name="fc1")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn3")(X))
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
+                                    name="bn3")(X))
         X = nn.Dense(84, kernel_init=init_cnn, name="fc2")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, name="bn4")(X))
+        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
+                                    name="bn4")(X))
         return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
 
 

@@ -196,6 +196,12 @@ def input_hash(notebook: nbformat.NotebookNode, framework: str) -> str:
     digest.update((ROOT / "requirements" / "lock" / f"{framework}.txt").read_bytes())
     for name in D2L_BN_FILES + [f"{framework}.py"]:
         digest.update((ROOT / "d2l_bn" / name).read_bytes())
+    # A page that imports d2l_bn.parallel depends on it too (the other pages' hashes stay as
+    # they were).
+    if any("d2l_bn.parallel" in source or "import parallel" in source
+           for _, _, source, _ in code_of(notebook)):
+        for name in ["__init__.py", f"{framework}.py"]:
+            digest.update((ROOT / "d2l_bn" / "parallel" / name).read_bytes())
     return digest.hexdigest()
 
 
