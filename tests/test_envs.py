@@ -112,3 +112,14 @@ def test_importing_a_framework_module_without_its_framework_is_a_clear_error():
                             capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "make env-torch" in result.stderr, result.stderr
+
+
+def test_every_package_of_d2l_bn_is_installed_by_a_regular_install():
+    # An editable install finds any subpackage on disk; a wheel holds only the listed ones.
+    import tomllib
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    on_disk = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+               for init in (ROOT / "d2l_bn").rglob("__init__.py")}
+    assert on_disk <= listed, f"pyproject.toml's packages lack {sorted(on_disk - listed)}"
+
