@@ -3,7 +3,6 @@ against our SyncBatchNorm, on a class-skewed batch; the workers' start and stop.
 
 import socket
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp

@@ -19,7 +19,7 @@ from .._require import require
 require("mxnet")
 
 import threading  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
+from typing import Callable  # noqa: E402
 
 import mxnet as mx  # noqa: E402
 import numpy as onp  # noqa: E402  (the real NumPy; `np` below is MXNet's)

@@ -139,11 +139,15 @@ def launch(task: Callable, args: tuple = (), *, num_workers: int = 2, port: Opti
     workers = mp.start_processes(_worker, args=(num_workers, port, task, args, results),
                                  nprocs=num_workers, join=False, start_method="spawn")
     deadline, by_rank = time.monotonic() + timeout, {}
+
+    def drain() -> None:  # while the workers run too, so that none blocks on a full pipe
+        while not results.empty():
+            rank, result = results.get()
+            by_rank[rank] = result
+
     try:
         while not workers.join(timeout=0.05):
-            while not results.empty():  # drain, so that no worker blocks on a full pipe
-                rank, result = results.get()
-                by_rank[rank] = result
+            drain()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the {num_workers} workers did not finish in {timeout} s")
     finally:
@@ -151,9 +155,7 @@ def launch(task: Callable, args: tuple = (), *, num_workers: int = 2, port: Opti
             if process.is_alive():
                 process.terminate()
             process.join()
-    while not results.empty():
-        rank, result = results.get()
-        by_rank[rank] = result
+    drain()
     return [by_rank[rank] for rank in range(num_workers)]
 
 
