@@ -37,3 +37,21 @@ def pytest_terminal_summary(terminalreporter):
                                 f"{'/ tolerance':>11}")
     for (framework, what), (error, ratio) in sorted(equivalence.LARGEST.items()):
         terminalreporter.write_line(f"{framework:<11} {what:<52} {error:>11.2e} {ratio:>11.3f}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a GPU that the framework sees (the test "
+                                       "module's SEES_GPU); deselected, and said so, without one")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Not skipped (skips fail the run): deselected, with a line that says which and why.
+    without_gpu = [item for item in items if item.get_closest_marker("gpu")
+                   and not getattr(item.module, "SEES_GPU", False)]
+    if without_gpu:
+        config.hook.pytest_deselected(items=without_gpu)
+        items[:] = [item for item in items if item not in without_gpu]
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"deselected {len(without_gpu)} GPU test(s): this framework sees "
+                                f"no GPU ({', '.join(item.name for item in without_gpu)})")

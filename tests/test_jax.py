@@ -172,8 +172,14 @@ def test_nhwc_statistics_are_one_per_channel_not_one_per_row():
     X64 = np.asarray(X, np.float64)
     np.testing.assert_allclose(batch_mean, X64.mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(batch_var, X64.var(axis=(0, 1, 2)), rtol=1e-5)
-    np.testing.assert_allclose(Y.mean(axis=(0, 1, 2)), np.zeros(6), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(Y.std(axis=(0, 1, 2)), np.ones(6), rtol=0, atol=1e-4)
+    # Float32 round-off of a standardized channel: each value carries about eps times
+    # max|x| / std (the shift is subtracted in float32), and a mean over n values up to log2(n)
+    # of those (pairwise summation). JAX 0.7.2 measured 1.3e-5 against 4.5e-5 here.
+    n = X.size // X.shape[-1]
+    scale = np.abs(X64).max() / X64.std(axis=(0, 1, 2)).min()
+    atol = np.finfo(np.float32).eps * scale * np.log2(n)
+    np.testing.assert_allclose(Y.mean(axis=(0, 1, 2)), np.zeros(6), rtol=0, atol=atol)
+    np.testing.assert_allclose(Y.std(axis=(0, 1, 2)), np.ones(6), rtol=0, atol=max(atol, 1e-4))
 
 
 # --- Equivalence with Flax's own layer -----------------------------------------------------------
@@ -423,3 +429,16 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
     few, many = count_host_syncs(monkeypatch, 2), count_host_syncs(monkeypatch, 8)
     assert few == many
     assert 0 < few <= 2 * 3  # per epoch: the training loss, the validation loss and accuracy
+
+
+SEES_GPU = any(device.platform == "gpu" for device in jax.devices())
+
+
+def test_num_gpus_0_trains_on_the_cpu():
+    assert d2l.Trainer(max_epochs=1, num_gpus=0).device.platform == "cpu"
+
+
+@pytest.mark.gpu
+def test_num_gpus_1_trains_on_the_gpu(fashion_mnist_root):
+    trainer, history = short_run(fashion_mnist_root, epochs=1)
+    assert trainer.device.platform == "gpu" and len(history) == 1

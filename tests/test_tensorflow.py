@@ -429,3 +429,16 @@ def test_an_integer_learning_rate_is_accepted():
     """Keras' SGD refuses learning_rate=1; the other frameworks take it, so ours does too."""
     optimizer = d2l.BNLeNet(lr=1).configure_optimizers()
     assert float(optimizer.learning_rate) == 1.0
+
+
+SEES_GPU = bool(tf.config.list_physical_devices("GPU"))
+
+
+def test_num_gpus_0_trains_on_the_cpu():
+    assert d2l.Trainer(max_epochs=1, num_gpus=0).device == "/CPU:0"
+
+
+@pytest.mark.gpu
+def test_num_gpus_1_trains_on_the_gpu(fashion_mnist_root):
+    trainer, history = short_run(fashion_mnist_root, epochs=1)
+    assert trainer.device == "/GPU:0" and len(history) == 1

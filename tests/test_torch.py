@@ -353,3 +353,16 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
     few, many = count_host_syncs(monkeypatch, 2), count_host_syncs(monkeypatch, 8)
     assert few == many
     assert 0 < few <= 2 * 2  # per epoch: the training loss, the validation results
+
+
+SEES_GPU = torch.cuda.is_available()
+
+
+def test_num_gpus_0_trains_on_the_cpu():
+    assert d2l.Trainer(max_epochs=1, num_gpus=0).device.type == "cpu"
+
+
+@pytest.mark.gpu
+def test_num_gpus_1_trains_on_the_gpu(fashion_mnist_root):
+    trainer, history = short_run(fashion_mnist_root, epochs=1)
+    assert trainer.device.type == "cuda" and len(history) == 1

@@ -39,6 +39,9 @@ FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": 
 SYNC_GROUP = "framework"
 # The d2l_bn files a framework's notebooks import: a change to any of them re-executes them.
 D2L_BN_FILES = ["__init__.py", "_require.py", "data.py", "training.py", "plotting.py", "reference.py"]
+# Tags that say how the notebook check treats a cell's output (tools/nbval_modes.py), not what the
+# cell computes: they are not part of what the outputs depend on.
+OUTPUT_KIND_TAGS = {"measured"}
 # Colab and Studio Lab accept this kernelspec; the framework's kernel is chosen at run time.
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -150,8 +153,10 @@ def inputs_of(notebook: nbformat.NotebookNode) -> list:
 
 
 def code_of(notebook: nbformat.NotebookNode) -> list:
-    """The part of a notebook's inputs that its outputs depend on: the code cells."""
-    return [item for item in inputs_of(notebook) if item[1] == "code"]
+    """The part of a notebook's inputs that its outputs depend on: the code cells, less the tags
+    that only say how their outputs are checked."""
+    return [(cell_id, kind, source, [tag for tag in tags if tag not in OUTPUT_KIND_TAGS])
+            for cell_id, kind, source, tags in inputs_of(notebook) if kind == "code"]
 
 
 def frameworks_in(source: Path) -> list[str]:

@@ -170,6 +170,10 @@ def train_data_parallel(*, per_device: int, num_steps: int, skewed: bool, synchr
         losses = _on_every_context(lambda k: step(k, *slices[k]), num_devices)
         trainer.step(num_devices)
         total += sum(loss.as_in_ctx(mx.cpu(0)) for loss in losses)
+        # MXNet's engine is asynchronous: without a wait, this loop queues all steps ahead of the
+        # computation, and every queued step holds its batches and buffers (gigabytes when the
+        # computation is slow, e.g. with one thread).
+        total.wait_to_read()
     val_loss, val_acc = d2l.evaluate(model, data.val_dataloader(), mx.cpu(0))
     return {"train_loss": total.item() / (num_steps * num_devices), "val_loss": val_loss,
             "val_acc": val_acc}
