@@ -9,7 +9,23 @@
 
 PYTHON ?= python3.11
 FRAMEWORKS := torch jax tensorflow mxnet
+# ACCEL=cuda: environments with the CUDA builds of PyTorch, JAX and TensorFlow, for a Linux host
+# with an NVIDIA GPU (README, "On a GPU"). They live in .venv-cuda/, beside the CPU ones, and every
+# target given ACCEL=cuda uses them: `make envs ACCEL=cuda`, `make nbval-portable ACCEL=cuda`,
+# `make pytest ACCEL=cuda`. MXNet stays the CPU build (its CUDA wheels end at CUDA 11.2).
+ACCEL ?= cpu
+ifeq ($(ACCEL),cpu)
 VENV := .venv
+REQUIREMENTS := requirements
+else ifeq ($(ACCEL),cuda)
+VENV := .venv-cuda
+REQUIREMENTS := requirements/cuda
+else
+$(error ACCEL=$(ACCEL): say ACCEL=cpu (the default) or ACCEL=cuda)
+endif
+# The tests read which environments they check from here.
+export D2L_BN_VENV := $(abspath $(VENV))
+export D2L_BN_ACCEL := $(ACCEL)
 BOOK_VENV := $(VENV)/book
 # Installs follow the ranges in requirements/<env>.txt, held to the exact versions that CI and the
 # committed notebook outputs were made with (requirements/lock/<env>.txt).
@@ -41,7 +57,7 @@ PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs book html notebooks execute nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs cuda-resolve book html notebooks execute nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
@@ -57,10 +73,13 @@ $(BOOK_VENV)/.installed: requirements/book.txt requirements/lock/book.txt
 	touch $@
 
 # A framework venv: its requirements at the locked versions, d2l_bn itself (editable, no deps:
-# they came with the requirements), and its kernel registered in the book venv.
-$(VENV)/%/.installed: requirements/%.txt requirements/common.txt requirements/lock/%.txt pyproject.toml $(BOOK_VENV)/.installed
+# they came with the requirements), and its kernel registered in the book venv. With ACCEL=cuda
+# the framework is its CUDA build at the locked release (requirements/cuda/), and everything else
+# is held to the same lock, less its CPU-build lines.
+$(VENV)/%/.installed: $(REQUIREMENTS)/%.txt requirements/%.txt requirements/common.txt requirements/lock/%.txt pyproject.toml $(BOOK_VENV)/.installed
 	test -x $(VENV)/$*/bin/python || $(PYTHON) -m venv $(VENV)/$*
-	$(VENV)/$*/bin/pip install $(PIP_INSTALL) -r requirements/$*.txt -c requirements/lock/$*.txt
+	grep -v $(CPU_BUILD_LINES) requirements/lock/$*.txt > $(VENV)/$*/constraints.txt || true
+	$(VENV)/$*/bin/pip install $(PIP_INSTALL) -r $(REQUIREMENTS)/$*.txt -c $(VENV)/$*/constraints.txt
 	$(VENV)/$*/bin/pip install $(PIP_INSTALL) --no-deps -e .
 	$(VENV)/$*/bin/python -m ipykernel install --prefix $(abspath $(BOOK_VENV)) \
 		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $(KERNEL_ENV_$*)
@@ -78,13 +97,38 @@ $(VENV)/mathjax/.installed-$(MATHJAX_VERSION):
 
 # TensorFlow's C++ logging writes to stderr, which would end up in the notebooks' outputs.
 KERNEL_ENV_tensorflow := --env TF_CPP_MIN_LOG_LEVEL 3 --env TF_ENABLE_ONEDNN_OPTS 0
+# The lock's lines that name a CPU build (grep patterns), which a CUDA environment's constraints
+# leave out; tests/test_envs.py reads the same two.
+LOCK_CPU_BUILDS := -e '+cpu$$' -e '^tensorflow_cpu=='
+ifeq ($(ACCEL),cpu)
 # The CPU build of jaxlib warns on stderr ("An NVIDIA GPU may be present on this machine, but a
 # CUDA-enabled jaxlib is not installed") on a GPU host: this kernel's JAX is for the CPU.
 KERNEL_ENV_jax := --env JAX_PLATFORMS cpu
+CPU_BUILD_LINES := -e '^$$'  # none: the whole lock holds
+else
+KERNEL_ENV_jax :=
+CPU_BUILD_LINES := $(LOCK_CPU_BUILDS)
+endif
+
+# Whether the ACCEL=cuda installs resolve on PyPI, from a machine without a GPU: pip's dry run of
+# each, with this machine's pip configuration and local wheel folders left out (they could answer
+# with a CPU build), downloading only the packages' metadata. Needs PyPI.
+CUDA_FRAMEWORKS := torch jax tensorflow
+cuda-resolve: env-book
+	@for fw in $(CUDA_FRAMEWORKS); do \
+		grep -v $(LOCK_CPU_BUILDS) requirements/lock/$$fw.txt > $(VENV)/cuda-$$fw-constraints.txt; \
+		echo "requirements/cuda/$$fw.txt:"; \
+		env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+			$(BOOK_VENV)/bin/pip install --dry-run --ignore-installed $(PIP_INSTALL) \
+			--index-url https://pypi.org/simple --report $(VENV)/cuda-$$fw-report.json \
+			-r requirements/cuda/$$fw.txt -c $(VENV)/cuda-$$fw-constraints.txt || exit 1; \
+		$(BOOK_PY) -c "import json, sys; names = sorted(p['metadata']['name'] + ' ' + p['metadata']['version'] for p in json.load(open(sys.argv[1]))['install']); print('  would install', len(names), 'packages:', ', '.join(n for n in names if n.split()[0].lower().startswith(('torch', 'jax', 'tensorflow', 'nvidia-cudnn', 'nvidia-cuda-runtime'))))" $(VENV)/cuda-$$fw-report.json; \
+	done
 
 # Rewrite the lock files from what the environments hold now (after changing a range: install,
 # check, then lock).
 lock: envs
+	@test "$(ACCEL)" = cpu || { echo "the lock files hold the CPU environments: make lock without ACCEL"; exit 1; }
 	for env in book $(FRAMEWORKS); do \
 		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$$env.txt; \
 	done

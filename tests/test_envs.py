@@ -4,6 +4,7 @@ Runs in the book venv (`make pytest-book`), which holds jupyter_client but no fr
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,22 @@ from jupyter_client.manager import start_new_kernel
 from conftest import ROOT
 
 FRAMEWORKS = ["torch", "jax", "tensorflow", "mxnet"]
+# The environments under test: the CPU ones (.venv) or, with `make ... ACCEL=cuda`, the CUDA ones.
+VENV = Path(os.environ.get("D2L_BN_VENV", ROOT / ".venv"))
+ACCEL = os.environ.get("D2L_BN_ACCEL", "cpu")
+
+
+def lock_cpu_builds() -> re.Pattern:
+    """The lock's lines that name a CPU build, which a CUDA environment's constraints leave out:
+    the Makefile's LOCK_CPU_BUILDS (grep patterns, where `+` is literal), as one regex."""
+    line = next(line for line in (ROOT / "Makefile").read_text().splitlines()
+                if line.startswith("LOCK_CPU_BUILDS :="))
+    patterns = [pattern.replace("$$", "$").replace("+", r"\+")
+                for pattern in re.findall(r"-e '([^']*)'", line)]
+    return re.compile("|".join(f"({pattern})" for pattern in patterns))
+
+
+CPU_BUILD_LINE = lock_cpu_builds()
 
 # What each kernel must be able to do: import its framework (and d2l_bn) and report versions.
 PROBES = {
@@ -53,11 +70,11 @@ def test_kernel_is_registered_in_the_book_venv(framework):
     spec = KernelSpecManager().get_kernel_spec(f"d2l-bn-{framework}")
     assert Path(spec.resource_dir).is_relative_to(Path(sys.prefix)), \
         "kernels belong to the book venv's data path, not the user's"
-    assert Path(spec.argv[0]) == ROOT / ".venv" / framework / "bin" / "python"
+    assert Path(spec.argv[0]) == VENV / framework / "bin" / "python"
     if framework == "tensorflow":
         assert spec.env == {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
     if framework == "jax":  # the CPU build: no warning on stderr on a GPU host
-        assert spec.env == {"JAX_PLATFORMS": "cpu"}
+        assert spec.env == ({"JAX_PLATFORMS": "cpu"} if ACCEL == "cpu" else {})
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -81,15 +98,42 @@ def test_kernel_imports_its_framework_and_d2l_bn(framework):
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_environment_matches_its_lock_file(framework):
     """Committed notebook outputs were made with the locked versions: the venvs must hold them."""
-    frozen = subprocess.run([ROOT / ".venv" / framework / "bin" / "pip", "freeze",
+    frozen = subprocess.run([VENV / framework / "bin" / "pip", "freeze",
                              "--exclude-editable", "--disable-pip-version-check"],
                             capture_output=True, text=True, check=True).stdout
     installed = {line for line in frozen.splitlines() if line and not line.startswith("d2l")}
     locked = set((ROOT / "requirements" / "lock" / f"{framework}.txt").read_text().splitlines())
-    assert installed == locked, (f"missing: {sorted(locked - installed)}, "
-                                 f"extra: {sorted(installed - locked)}; rebuild with "
-                                 f"`rm -rf .venv/{framework} && make env-{framework}`, "
-                                 "or re-lock with `make lock`")
+    rebuild = (f"rebuild with `rm -rf {VENV.name}/{framework} && make env-{framework} "
+               f"ACCEL={ACCEL}`, or re-lock with `make lock`")
+    if ACCEL == "cpu":
+        assert installed == locked, (f"missing: {sorted(locked - installed)}, "
+                                     f"extra: {sorted(installed - locked)}; {rebuild}")
+    else:  # the CUDA build and its nvidia-* libraries come on top of the rest of the lock
+        held = {line for line in locked if not CPU_BUILD_LINE.search(line)}
+        assert held <= installed, f"missing: {sorted(held - installed)}; {rebuild}"
+
+
+def locked_version(framework: str, package: str) -> str:
+    for line in (ROOT / "requirements" / "lock" / f"{framework}.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if name.lower().replace("_", "-") == package:
+            return version.split("+")[0]
+    raise AssertionError(f"{package} is not in requirements/lock/{framework}.txt")
+
+
+@pytest.mark.parametrize("framework, package, cuda_requirement", [
+    ("torch", "torch", "torch=={}"),
+    ("jax", "jaxlib", "jax[cuda12]=={}"),
+    ("tensorflow", "tensorflow-cpu", "tensorflow[and-cuda]=={}"),
+])
+def test_cuda_environment_asks_for_the_locked_release(framework, package, cuda_requirement):
+    # `make envs ACCEL=cuda` must run the release the notebooks were made with, as a CUDA build.
+    lines = (ROOT / "requirements" / "cuda" / f"{framework}.txt").read_text().splitlines()
+    wanted = cuda_requirement.format(locked_version(framework, package))
+    assert wanted in lines, f"requirements/cuda/{framework}.txt should ask for {wanted}"
+    cpu_build_lines = [line for line in (ROOT / "requirements" / "lock" / f"{framework}.txt")
+                       .read_text().splitlines() if CPU_BUILD_LINE.search(line)]
+    assert len(cpu_build_lines) == (0 if framework == "jax" else 1), cpu_build_lines
 
 
 def test_environments_are_up_to_date_so_rerunning_set_up_installs_nothing():
