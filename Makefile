@@ -201,7 +201,7 @@ serve: html
 # A cell may take NBVAL_CELL_TIMEOUT seconds; a kernel that dies fails its cell within seconds.
 NOTEBOOK_FILES := $(sort $(wildcard notebooks/*/*.ipynb))
 NOTEBOOKS ?= $(NOTEBOOK_FILES)
-NBVAL_CELL_TIMEOUT ?= 900
+NBVAL_CELL_TIMEOUT ?= 1800
 NBVAL_FLAGS = -q -p no:cacheprovider -p nbval_modes --nbval --nbval-cell-timeout $(NBVAL_CELL_TIMEOUT) \
 	--nbval-sanitize-with tools/nbval-sanitize.cfg
 # The kernel of a notebook: its framework's (d2l-bn-<framework>), unless NBVAL_KERNEL names one.

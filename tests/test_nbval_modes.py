@@ -68,3 +68,14 @@ def test_a_kernel_that_dies_fails_its_cell_at_once_saying_so(tmp_path):
     assert result.returncode == 1
     assert "the kernel died while running this cell" in result.stdout
     assert time.monotonic() - start < 90  # not the 600 s of the cell timeout
+
+
+def test_a_cell_that_runs_past_the_timeout_fails_even_if_the_interrupt_does_not_stop_it(tmp_path):
+    # As MXNet's engine does: the interrupt does not end the cell, which then finishes cleanly.
+    source = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "time.sleep(4)\nprint('finished')")
+    path = notebook(tmp_path, source, [stdout("finished\n")], tags=["measured"])
+    result = nbval(path, "--nbval-cell-timeout", "1")
+    assert result.returncode == 1, result.stdout
+    assert "ran past the cell timeout of 1 s" in result.stdout
+    assert nbval(path, "--nbval-cell-timeout", "60").returncode == 0

@@ -14,6 +14,10 @@ Loaded as a pytest plugin next to nbval (``make nbval`` runs
   it is the check for another machine, another kernel (``NBVAL_KERNEL``) or a GPU.
 - **A kernel that dies fails its cell at once**, saying so, instead of leaving nbval waiting
   for a reply until ``--nbval-cell-timeout`` (2000 s by default) runs out.
+- **A cell that runs past the timeout fails**, whatever it does when nbval interrupts it. nbval
+  counts it as failed only if the interrupt ends it with an error; a cell that the interrupt
+  does not stop (MXNet's engine finishes its work first) would pass, and the cells after it be
+  marked "expected to fail", so the notebook would pass with a cell that took too long.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ POLL_SECONDS = 5.0
 
 
 class KernelDied(RuntimeError):
+    pass
+
+
+class CellTimedOut(RuntimeError):
     pass
 
 
@@ -70,3 +78,20 @@ def await_reply(self, msg_id, timeout=None):
 
 
 RunningKernel.await_reply = await_reply
+
+
+_runtest = IPyNbCell.runtest
+
+
+def runtest(self):
+    """nbval's run of a cell, failing it if it ran past the cell timeout."""
+    timed_out_before = self.parent.timed_out
+    _runtest(self)
+    if self.parent.timed_out and not timed_out_before:
+        raise CellTimedOut(
+            f"this cell ran past the cell timeout of {self.config.option.nbval_cell_timeout:g} s "
+            f"(NBVAL_CELL_TIMEOUT) and was interrupted: on a slower or busier machine, raise "
+            f"NBVAL_CELL_TIMEOUT; otherwise find what made it slow")
+
+
+IPyNbCell.runtest = runtest

@@ -166,7 +166,10 @@ def train_data_parallel(*, per_device: int, num_steps: int, skewed: bool, synchr
         total = jnp.zeros(())
         for X, y in batches:
             state, loss = step(state, X, y.astype(np.int32))
-            total += loss
+            # One step at a time: with later steps already dispatched (JAX's asynchronous
+            # dispatch), XLA's in-process all-reduce between CPU devices can wait for a device
+            # that never arrives, and XLA then aborts the whole process after 40 s.
+            total += loss.block_until_ready()
         # Evaluated on one device with the running statistics device 0 holds, as a saved model
         # would be.
         state = jax.device_put(state.replace(batch_stats=jax.tree.map(lambda a: a[0],
