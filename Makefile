@@ -235,15 +235,16 @@ nbval-run:
 	done
 
 # The notebooks' training runs over seeds (benchmarks/seeds.py), for their asserts' thresholds:
-#   make seeds FRAMEWORK=torch SEEDS="0 1 2" [THREADS=1]; the table: make seeds-report
+#   make seeds FRAMEWORK=torch SEEDS="0 1 2" [THREADS=1] [PAGES=devices]; the table: make seeds-report
 FRAMEWORK ?= torch
 SEEDS ?= 0 1 2
+PAGES ?= chapter devices
 SEEDS_OUT ?= _build/seeds.jsonl
 seeds: export TF_CPP_MIN_LOG_LEVEL := 3
 seeds: export TF_ENABLE_ONEDNN_OPTS := 0
 seeds: envs
 	$(VENV)/$(FRAMEWORK)/bin/python benchmarks/seeds.py --framework $(FRAMEWORK) --seeds $(SEEDS) \
-		--out $(SEEDS_OUT)
+		--pages $(PAGES) --out $(SEEDS_OUT)
 seeds-report: env-book
 	$(BOOK_PY) benchmarks/seeds.py --report $(SEEDS_OUT)
 
