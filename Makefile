@@ -48,7 +48,8 @@ TESTS_tensorflow := tests/test_tensorflow.py tests/test_equivalence_tensorflow.p
 # The data tests run again with MXNet's numpy 1.23.
 TESTS_mxnet := tests/test_data.py tests/test_mxnet.py tests/test_equivalence_mxnet.py \
 	tests/test_parallel_mxnet.py
-TESTS_book := tests/test_envs.py tests/test_notebooks.py tests/test_nbval_modes.py tests/test_convention_table.py tests/test_launch_links.py
+TESTS_book := tests/test_envs.py tests/test_notebooks.py tests/test_stamp.py tests/test_jupyter_markdown.py \
+	tests/test_nbval_modes.py tests/test_convention_table.py tests/test_launch_links.py
 # tests/test_browser.py needs the built site and Chromium: `make browser-test` runs it.
 
 TIMED := tools/timed
@@ -57,14 +58,14 @@ PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs cuda-resolve book html notebooks execute nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs cuda-resolve book html notebooks execute stale nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test browser-test-run serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
 envs: env-book $(FRAMEWORKS:%=env-%)
 
 env-book: $(BOOK_VENV)/.installed
-$(FRAMEWORKS:%=env-%): env-%: $(VENV)/%/.installed
+$(FRAMEWORKS:%=env-%): env-%: $(VENV)/%/.installed $(VENV)/%/.kernel
 
 $(BOOK_VENV)/.installed: requirements/book.txt requirements/lock/book.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: MXNet needs Python 3.11 (set PYTHON=...)"; exit 1; }
@@ -72,8 +73,8 @@ $(BOOK_VENV)/.installed: requirements/book.txt requirements/lock/book.txt
 	$(BOOK_VENV)/bin/pip install $(PIP_INSTALL) -r requirements/book.txt -c requirements/lock/book.txt
 	touch $@
 
-# A framework venv: its requirements at the locked versions, d2l_bn itself (editable, no deps:
-# they came with the requirements), and its kernel registered in the book venv. With ACCEL=cuda
+# A framework venv: its requirements at the locked versions and d2l_bn itself (editable, no deps:
+# they came with the requirements). With ACCEL=cuda
 # the framework is its CUDA build at the locked release (requirements/cuda/), and everything else
 # is held to the same lock, less its CPU-build lines.
 $(VENV)/%/.installed: $(REQUIREMENTS)/%.txt requirements/%.txt requirements/common.txt requirements/lock/%.txt pyproject.toml $(BOOK_VENV)/.installed
@@ -81,8 +82,13 @@ $(VENV)/%/.installed: $(REQUIREMENTS)/%.txt requirements/%.txt requirements/comm
 	grep -v $(CPU_BUILD_LINES) requirements/lock/$*.txt > $(VENV)/$*/constraints.txt || true
 	$(VENV)/$*/bin/pip install $(PIP_INSTALL) -r $(REQUIREMENTS)/$*.txt -c $(VENV)/$*/constraints.txt
 	$(VENV)/$*/bin/pip install $(PIP_INSTALL) --no-deps -e .
+	touch $@
+
+# Its kernel, registered in the book venv with the environment that tools/stamp.py declares (which
+# is part of every notebook's stamp).
+$(VENV)/%/.kernel: $(VENV)/%/.installed tools/stamp.py
 	$(VENV)/$*/bin/python -m ipykernel install --prefix $(abspath $(BOOK_VENV)) \
-		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $(KERNEL_ENV_$*)
+		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $$($(PIPELINE) kernel-env $* --accel $(ACCEL))
 	touch $@
 
 # MathJax 3, served with the site so that equations render offline (Jupyter Book 1 loads it from a
@@ -95,18 +101,12 @@ $(VENV)/mathjax/.installed-$(MATHJAX_VERSION):
 		--loglevel=error mathjax@$(MATHJAX_VERSION)
 	touch $@
 
-# TensorFlow's C++ logging writes to stderr, which would end up in the notebooks' outputs.
-KERNEL_ENV_tensorflow := --env TF_CPP_MIN_LOG_LEVEL 3 --env TF_ENABLE_ONEDNN_OPTS 0
 # The lock's lines that name a CPU build (grep patterns), which a CUDA environment's constraints
 # leave out; tests/test_envs.py reads the same two.
 LOCK_CPU_BUILDS := -e '+cpu$$' -e '^tensorflow_cpu=='
 ifeq ($(ACCEL),cpu)
-# The CPU build of jaxlib warns on stderr ("An NVIDIA GPU may be present on this machine, but a
-# CUDA-enabled jaxlib is not installed") on a GPU host: this kernel's JAX is for the CPU.
-KERNEL_ENV_jax := --env JAX_PLATFORMS cpu
 CPU_BUILD_LINES := -e '^$$'  # none: the whole lock holds
 else
-KERNEL_ENV_jax :=
 CPU_BUILD_LINES := $(LOCK_CPU_BUILDS)
 endif
 
@@ -133,12 +133,22 @@ lock: envs
 		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$$env.txt; \
 	done
 
+# The test command builds the environments, runs the pytest environments, then the notebooks,
+# TEST_JOBS at a time, the tests and notebooks with TEST_THREADS threads per framework (two jobs of
+# one thread each keep a 2-core machine's cores busy without oversubscribing them). The lanes
+# shorten the set-up and pytest; the notebooks take about as long either way (README, Tests).
+# `make test TEST_JOBS=1 TEST_THREADS=` runs them one at a time with each framework's threads.
+TEST_JOBS ?= 2
+TEST_THREADS ?= 1
+LANES = -j$(TEST_JOBS) --output-sync=target $(if $(TEST_THREADS),THREADS=$(TEST_THREADS))
 test:
-	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory envs
-	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory pytest
-	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval
+	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory -j$(TEST_JOBS) \
+		--output-sync=target envs
+	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory $(LANES) pytest
+	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval JOBS=$(TEST_JOBS) \
+		$(if $(TEST_THREADS),THREADS=$(TEST_THREADS))
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
-	@$(TIMED) "browser test" $(MAKE) --no-print-directory browser-test
+	@$(TIMED) "browser test" $(MAKE) --no-print-directory browser-test-run
 
 pytest: $(FRAMEWORKS:%=pytest-%) pytest-book
 
@@ -160,10 +170,15 @@ book:
 notebooks: env-book
 	$(PIPELINE) split
 
-# Run, each in its framework's kernel, the notebooks whose inputs (cells, lock file, d2l_bn code)
-# changed since they were last executed; the others are left alone.
+# Run, each in its framework's kernel, the notebooks whose stamp (tools/stamp.py: their cells, the
+# d2l_bn code and the locked distributions they import, the kernel's environment) changed since
+# they were last executed; the others are left alone, and a run whose outputs are the committed
+# ones keeps them and stores only the new stamp. FORCE=1: run all of them. `make stale`: which
+# would run.
 execute: envs
-	$(PIPELINE) execute
+	$(PIPELINE) execute $(if $(FORCE),--force)
+stale: env-book
+	@$(PIPELINE) stale
 
 # The website from the executed notebooks: merge each page's frameworks, then build. The build
 # executes nothing; warnings are errors.
@@ -182,7 +197,10 @@ browser-deps:
 
 # The built site in headless Chromium, served on 127.0.0.1: synced tabs, launch links, MathJax,
 # images, links, no requests to other hosts; screenshots go to _build/screenshots/.
+# (`make test` has just built the site: it runs browser-test-run, which does not build it again.)
 browser-test: html
+	@$(MAKE) --no-print-directory browser-test-run
+browser-test-run:
 	@$(TIMED) "pytest in the browser" $(BOOK_PY) -m pytest $(PYTEST_FLAGS) tests/test_browser.py
 
 # The built site for authors, on http://127.0.0.1:8000 (SERVE_PORT=... for another port).
@@ -198,8 +216,12 @@ serve: html
 #                                   other versions (NBVAL_KERNEL=python3: the kernel to run them in)
 #   make nbval THREADS=1            with one thread per framework: another floating-point path
 #   make nbval NOTEBOOKS="notebooks/jax/exercises.ipynb"   only these
+#   make nbval JOBS=2 THREADS=1     two notebooks at a time, one thread each (`make test` does)
 # A cell may take NBVAL_CELL_TIMEOUT seconds; a kernel that dies fails its cell within seconds.
-NOTEBOOK_FILES := $(sort $(wildcard notebooks/*/*.ipynb))
+# The chapter's notebooks, the longest, come first, so that the lanes of JOBS=2 end together.
+NOTEBOOK_FILES := $(filter %/batch-norm.ipynb,$(sort $(wildcard notebooks/*/*.ipynb))) \
+	$(filter-out %/batch-norm.ipynb,$(sort $(wildcard notebooks/*/*.ipynb)))
+JOBS ?= 1
 NOTEBOOKS ?= $(NOTEBOOK_FILES)
 NBVAL_CELL_TIMEOUT ?= 1800
 NBVAL_FLAGS = -q -p no:cacheprovider -p nbval_modes --nbval --nbval-cell-timeout $(NBVAL_CELL_TIMEOUT) \
@@ -226,13 +248,16 @@ nbval: envs
 nbval-portable: envs
 	@$(MAKE) --no-print-directory nbval-run NBVAL_MODE_FLAGS=--nbval-portable
 
+# One target per notebook, so that make runs JOBS of them at once (each one's output kept
+# together) and starts no new one after a failure.
 nbval-run:
-	@for nb in $(NOTEBOOKS); do \
-		framework=$$(basename $$(dirname $$nb)); \
-		kernel=$(if $(NBVAL_KERNEL),$(NBVAL_KERNEL),d2l-bn-$$framework); \
-		PYTHONPATH=tools $(TIMED) "nbval $$nb ($$kernel)" $(BOOK_PY) -m pytest $(NBVAL_FLAGS) \
-			$(NBVAL_MODE_FLAGS) $$nb --nbval-kernel-name $$kernel || exit 1; \
-	done
+	@$(MAKE) --no-print-directory -j$(JOBS) --output-sync=target $(NOTEBOOKS:%=nbval-notebook/%)
+
+nbval-notebook/%:
+	@framework=$$(basename $$(dirname $*)); \
+	kernel=$(if $(NBVAL_KERNEL),$(NBVAL_KERNEL),d2l-bn-$$framework); \
+	PYTHONPATH=tools $(TIMED) "nbval $* ($$kernel)" $(BOOK_PY) -m pytest $(NBVAL_FLAGS) \
+		$(NBVAL_MODE_FLAGS) $* --nbval-kernel-name $$kernel
 
 # The notebooks' training runs over seeds (benchmarks/seeds.py), for their asserts' thresholds:
 #   make seeds FRAMEWORK=torch SEEDS="0 1 2" [THREADS=1] [PAGES=devices]; the table: make seeds-report

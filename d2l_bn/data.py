@@ -197,6 +197,13 @@ def load_fashion_mnist(root: Optional[os.PathLike] = None, *, urls: Optional[Seq
     return dict(_LOADED[key])
 
 
+def images_as_batch(images: np.ndarray, index: np.ndarray, layout: str) -> np.ndarray:
+    """The uint8 images at ``index`` as one float32 batch in [0, 1], in ``layout`` ("NCHW":
+    (b, 1, 28, 28); "NHWC": (b, 28, 28, 1))."""
+    shape = (1, 28, 28) if layout == "NCHW" else (28, 28, 1)
+    return (images[index].astype(np.float32) / np.float32(255)).reshape(-1, *shape)
+
+
 class Batches:
     """Minibatches of one split; every ``iter()`` starts a new epoch."""
 
@@ -214,11 +221,10 @@ class Batches:
 
     def _batches(self, order: np.ndarray) -> Iterator:
         size = self.data.batch_size
-        shape = (1, 28, 28) if self.data.layout == "NCHW" else (28, 28, 1)
         for start in range(0, len(order), size):
             index = order[start:start + size]
             # Converted per batch: the float32 training set would take 188 MB more memory.
-            X = (self.images[index].astype(np.float32) / np.float32(255)).reshape(-1, *shape)
+            X = images_as_batch(self.images, index, self.data.layout)
             y = self.labels[index].astype(np.int64)
             yield self.data.to_tensors(X, y)
 

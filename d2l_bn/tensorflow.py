@@ -352,14 +352,13 @@ def train_epoch(step: Callable, loader: Iterable, report: Report) -> float:
 
 def evaluate(step: Callable, loader: Iterable) -> tuple[float, float]:
     """Mean loss and accuracy over the whole of ``loader``, with the compiled ``eval_step``."""
-    outputs, count = [], 0
+    loss_sum, correct, count = tf.zeros(()), tf.zeros(()), 0
     for X, y in loader:
-        outputs.append(step(X, y))  # (summed loss, number correct) of the batch
+        batch_loss, batch_correct = step(X, y)  # summed loss, number correct
+        loss_sum, correct = loss_sum + batch_loss, correct + batch_correct  # on the device
         count += len(y)
-    if not outputs:
-        return 0.0, 0.0
-    loss_sum, correct = tf.reduce_sum(tf.stack([tf.stack(out) for out in outputs]), axis=0).numpy()
-    return float(loss_sum) / count, float(correct) / count
+    loss_sum, correct = tf.stack([loss_sum, correct]).numpy()  # one host sync
+    return float(loss_sum) / max(count, 1), float(correct) / max(count, 1)
 
 
 class Trainer:

@@ -15,6 +15,9 @@ from jupyter_client.manager import start_new_kernel
 
 from conftest import ROOT
 
+sys.path.insert(0, str(ROOT / "tools"))
+import stamp  # noqa: E402
+
 FRAMEWORKS = ["torch", "jax", "tensorflow", "mxnet"]
 # The environments under test: the CPU ones (.venv) or, with `make ... ACCEL=cuda`, the CUDA ones.
 VENV = Path(os.environ.get("D2L_BN_VENV", ROOT / ".venv"))
@@ -71,6 +74,7 @@ def test_kernel_is_registered_in_the_book_venv(framework):
     assert Path(spec.resource_dir).is_relative_to(Path(sys.prefix)), \
         "kernels belong to the book venv's data path, not the user's"
     assert Path(spec.argv[0]) == VENV / framework / "bin" / "python"
+    assert spec.env == stamp.kernel_env(framework, ACCEL), "kernelspec is old: run `make envs`"
     if framework == "tensorflow":
         assert spec.env == {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
     if framework == "jax":  # the CPU build: no warning on stderr on a GPU host

@@ -197,3 +197,22 @@ def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
     for name, code in shown.items():
         assert name in shipped, f"the chapter defines {name}, which d2l_bn.{framework} lacks"
         assert code == shipped[name], f"{name} in the chapter differs from d2l_bn.{framework}"
+
+
+@pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
+def test_notebook_prose_is_plain_jupyter_markdown(source, framework, path):
+    """Colab, Studio Lab and Jupyter show MyST as raw text: the notebooks' prose has none, and
+    renders (as `jupyter nbconvert --to html` renders it) with no raw role, label or directive."""
+    import jupyter_markdown
+    from nbconvert import HTMLExporter
+
+    notebook = nbformat.read(path, as_version=4)
+    leftovers = {cell.id: jupyter_markdown.myst_leftovers(cell.source)
+                 for cell in notebook.cells if cell.cell_type == "markdown"}
+    assert {cell: found for cell, found in leftovers.items() if found} == {}, \
+        "MyST in the notebook's markdown: run `make notebooks`"
+    prose = nbformat.v4.new_notebook(cells=[cell for cell in notebook.cells
+                                            if cell.cell_type == "markdown"])
+    page, _ = HTMLExporter(template_name="lab").from_notebook_node(prose)
+    body = page[page.index("<body"):]
+    assert [raw for raw in ("{cite", "{ref}", "{eq}", ")=\n", ":::", "```{") if raw in body] == []

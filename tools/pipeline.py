@@ -10,16 +10,20 @@ A chapter source is a MyST notebook whose code cells each carry one framework ta
 `tensorflow`, `mxnet`). Splitting keeps the shared markdown and one framework's cells, and puts in
 front a cell that installs d2l_bn on Colab or Studio Lab and a row of launch links. Each cell has a
 stable id (see `read_source`), so the merge can put every framework's executed cell back in place.
-Execution is skipped when the hash of what a notebook's outputs depend on (its code cells, its
-environment's lock file, the d2l_bn code it imports) is the one stored in its metadata, so
-re-running with nothing changed executes nothing; an edit of the prose alone keeps the outputs.
+Execution is skipped when the stamp of what a notebook's outputs depend on (tools/stamp.py: its
+code cells, the code of the d2l_bn modules and the locked versions of the distributions that its
+kernel imported, its kernel's environment) is the one stored in its metadata, so re-running with
+nothing changed executes nothing; an edit of the prose, a docstring or a comment keeps the outputs.
+A run whose outputs are the committed ones keeps them as they are and stores only the new stamp.
+
+    python tools/pipeline.py stale      # list the notebooks whose stamp is not current
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -27,6 +31,9 @@ from pathlib import Path
 import jupytext
 import nbformat
 import yaml
+
+import jupyter_markdown
+import stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
@@ -37,8 +44,8 @@ MERGED = ROOT / "book"
 FRAMEWORKS = {"torch": "PyTorch", "mxnet": "MXNet", "jax": "JAX", "tensorflow": "TensorFlow"}
 # The tab sync group of the page's code tabs (_ext/framework_tabs.py), which the launch box joins.
 SYNC_GROUP = "framework"
-# The d2l_bn files a framework's notebooks import: a change to any of them re-executes them.
-D2L_BN_FILES = ["__init__.py", "_require.py", "data.py", "training.py", "plotting.py", "reference.py"]
+# The metadata that says what a notebook's outputs were made from (tools/stamp.py).
+STAMP_KEYS = ("input_hash", "executed_with")
 # Tags that say how the notebook check treats a cell's output (tools/nbval_modes.py), not what the
 # cell computes: they are not part of what the outputs depend on.
 OUTPUT_KIND_TAGS = {"measured"}
@@ -141,9 +148,20 @@ def split(source: Path, framework: str) -> nbformat.NotebookNode:
     cells = [links, install] + [cell for cell in chapter.cells
                                 if framework_of(cell) in (None, framework)]
     notebook = nbformat.v4.new_notebook(cells=copy.deepcopy(cells))
+    # Jupyter, Colab and Studio Lab do not read MyST: the notebook's prose says it in plain
+    # markdown (the website, made by `merge`, keeps the MyST).
+    for cell in notebook.cells[1:]:
+        if cell.cell_type == "markdown":
+            cell.source = jupyter_markdown.to_jupyter(cell.source, source.stem, book_references())
     notebook.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"},
                          "d2l_bn": {"framework": framework, "source": str(source.relative_to(ROOT))}}
     return notebook
+
+
+@functools.cache
+def book_references() -> jupyter_markdown.BookReferences:
+    """What rewriting the prose needs to know about the whole book (labels, equations, works)."""
+    return jupyter_markdown.BookReferences(ROOT)
 
 
 def inputs_of(notebook: nbformat.NotebookNode) -> list:
@@ -192,41 +210,67 @@ def keep_outputs(executed: nbformat.NotebookNode, fresh: nbformat.NotebookNode) 
         if cell.cell_type == "code":
             cell.outputs = by_id[cell.id].outputs
             cell.execution_count = by_id[cell.id].execution_count
-    if "input_hash" in executed.metadata.get("d2l_bn", {}):
-        fresh.metadata["d2l_bn"]["input_hash"] = executed.metadata["d2l_bn"]["input_hash"]
+    for key in STAMP_KEYS:
+        if key in executed.metadata.get("d2l_bn", {}):
+            fresh.metadata["d2l_bn"][key] = executed.metadata["d2l_bn"][key]
 
 
-def input_hash(notebook: nbformat.NotebookNode, framework: str) -> str:
-    digest = hashlib.sha256(repr(code_of(notebook)).encode())
-    digest.update((ROOT / "requirements" / "lock" / f"{framework}.txt").read_bytes())
-    for name in D2L_BN_FILES + [f"{framework}.py"]:
-        digest.update((ROOT / "d2l_bn" / name).read_bytes())
-    # A page that imports d2l_bn.parallel depends on it too (the other pages' hashes stay as
-    # they were).
-    if any("d2l_bn.parallel" in source or "import parallel" in source
-           for _, _, source, _ in code_of(notebook)):
-        for name in ["__init__.py", f"{framework}.py"]:
-            digest.update((ROOT / "d2l_bn" / "parallel" / name).read_bytes())
-    return digest.hexdigest()
+def input_hash(notebook: nbformat.NotebookNode, framework: str) -> str | None:
+    """The stamp of a notebook's outputs as its inputs are now (None if it has no record)."""
+    record = notebook.metadata["d2l_bn"].get("executed_with")
+    return stamp.stamp(code_of(notebook), framework, record)
 
 
-def execute(path: Path, force: bool = False) -> bool:
-    """Run a notebook in its framework's kernel unless its inputs are unchanged; True if run."""
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(path, as_version=4)
+def is_stale(notebook: nbformat.NotebookNode) -> bool:
     framework = notebook.metadata["d2l_bn"]["framework"]
-    digest = input_hash(notebook, framework)
-    if not force and notebook.metadata["d2l_bn"].get("input_hash") == digest:
-        return False
+    stored = notebook.metadata["d2l_bn"].get("input_hash")
+    return stored is None or stored != input_hash(notebook, framework)
+
+
+def run(notebook: nbformat.NotebookNode, path: Path) -> dict:
+    """Execute a notebook in place in its framework's kernel; what its kernel imported."""
+    framework = notebook.metadata["d2l_bn"]["framework"]
     # The kernel is picked here, not by the notebook's metadata (which stays `python3`).
-    client = NotebookClient(notebook, kernel_name=f"d2l-bn-{framework}", timeout=1800,
-                            record_timing=False, resources={"metadata": {"path": str(path.parent)}})
+    client = stamp.RecordingClient(notebook, kernel_name=f"d2l-bn-{framework}", timeout=1800,
+                                   record_timing=False,
+                                   resources={"metadata": {"path": str(path.parent)}})
+    client.framework = framework
     client.execute()
     notebook.metadata["kernelspec"] = KERNELSPEC
-    notebook.metadata["d2l_bn"]["input_hash"] = digest
-    nbformat.write(notebook, path)
-    return True
+    return client.record
+
+
+def set_stamp(notebook: nbformat.NotebookNode, record: dict) -> None:
+    framework = notebook.metadata["d2l_bn"]["framework"]
+    notebook.metadata["d2l_bn"]["executed_with"] = record
+    notebook.metadata["d2l_bn"]["input_hash"] = stamp.stamp(code_of(notebook), framework, record)
+
+
+def execute(path: Path, force: bool = False) -> str | None:
+    """Run a notebook in its framework's kernel unless its stamp is current; what came of it.
+
+    Where the fresh outputs are the committed ones by nbval's rules, every cell compared (the
+    measured ones too: a change of the numerics must show the new run's numbers), the committed
+    outputs stay byte for byte and only the stamp is new: a change of the stamp's scheme, or of
+    code that leaves the results alone, re-writes no output."""
+    committed = nbformat.read(path, as_version=4)
+    if not force and not is_stale(committed):
+        return None
+    fresh = copy.deepcopy(committed)
+    record = run(fresh, path)
+    differing = stamp.differing_cells(committed, fresh)
+    kept = committed if not differing else fresh
+    set_stamp(kept, record)
+    nbformat.write(kept, path)
+    if not differing:
+        return "executed, outputs as committed (only the stamp is new)"
+    return f"executed, new outputs in {len(differing)} cells"
+
+
+def selected_notebooks(frameworks: list[str] | None, pages: list[str] | None) -> list[Path]:
+    return [path for framework in frameworks or FRAMEWORKS
+            for path in sorted((NOTEBOOKS / framework).glob("*.ipynb"))
+            if not pages or path.stem in pages]
 
 
 def launch_box(source: Path, frameworks: list[str]) -> str:
@@ -269,12 +313,17 @@ def merge(source: Path) -> nbformat.NotebookNode:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["split", "execute", "merge", "check"])
+    parser.add_argument("command",
+                        choices=["split", "execute", "stale", "merge", "check", "kernel-env"])
     parser.add_argument("--framework", choices=list(FRAMEWORKS), action="append",
                         help="execute only these frameworks' notebooks (default: all)")
     parser.add_argument("--page", action="append",
                         help="execute only these pages' notebooks, by name (default: all)")
     parser.add_argument("--force", action="store_true", help="execute even if up to date")
+    parser.add_argument("--accel", choices=["cpu", "cuda"], default="cpu",
+                        help="kernel-env: for the CPU or the CUDA environments")
+    parser.add_argument("kernel_framework", nargs="?", choices=list(FRAMEWORKS),
+                        help="kernel-env: the framework whose kernel's --env options to print")
     args = parser.parse_args(argv)
 
     if args.command == "split":
@@ -290,12 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path.relative_to(ROOT)} differs from its source: run `make notebooks`")
         return 1 if stale else 0
     elif args.command == "execute":
-        for framework in args.framework or FRAMEWORKS:
-            for path in sorted((NOTEBOOKS / framework).glob("*.ipynb")):
-                if args.page and path.stem not in args.page:
-                    continue
-                ran = execute(path, force=args.force)
-                print(f"{'executed' if ran else 'up to date'}: {path.relative_to(ROOT)}")
+        for path in selected_notebooks(args.framework, args.page):
+            print(f"{path.relative_to(ROOT)}: ", end="", flush=True)
+            print(execute(path, force=args.force) or "up to date", flush=True)
+    elif args.command == "stale":
+        for path in selected_notebooks(args.framework, args.page):
+            if is_stale(nbformat.read(path, as_version=4)):
+                print(path.relative_to(ROOT))
+    elif args.command == "kernel-env":
+        print(" ".join(f"--env {name} {value}" for name, value
+                       in stamp.kernel_env(args.kernel_framework, args.accel).items()))
     elif args.command == "merge":
         MERGED.mkdir(exist_ok=True)
         for source in chapter_sources():

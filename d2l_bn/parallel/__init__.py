@@ -19,6 +19,8 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..data import images_as_batch
+
 NUM_CLASSES = 10
 HOST = "127.0.0.1"  # workers talk over the loopback interface only
 
@@ -45,18 +47,13 @@ def shards(labels: np.ndarray, num_devices: int, *, skewed: bool,
     return np.array_split(order, num_devices)
 
 
-def _images(images: np.ndarray, index: np.ndarray, layout: str) -> np.ndarray:
-    shape = (1, 28, 28) if layout == "NCHW" else (28, 28, 1)
-    return (images[index].astype(np.float32) / np.float32(255)).reshape(-1, *shape)
-
-
 def skewed_batch(images: np.ndarray, labels: np.ndarray, per_device: int, num_devices: int, *,
                  layout: str) -> tuple[np.ndarray, np.ndarray]:
     """One global batch whose device ``k`` slice is the first ``per_device`` examples of skewed
     shard ``k``: float32 images in [0, 1] in ``layout`` ("NCHW" or "NHWC"), int64 labels."""
     index = np.concatenate([shard[:per_device] for shard in shards(labels, num_devices,
                                                                     skewed=True)])
-    return _images(images, index, layout), labels[index].astype(np.int64)
+    return images_as_batch(images, index, layout), labels[index].astype(np.int64)
 
 
 class ShardedBatches:
@@ -83,7 +80,8 @@ class ShardedBatches:
         streams = [self._stream(shard, rng) for shard in self.shards]
         for _ in range(self.num_steps):
             index = np.concatenate([next(stream) for stream in streams])
-            yield _images(self.images, index, self.layout), self.labels[index].astype(np.int64)
+            X = images_as_batch(self.images, index, self.layout)
+            yield X, self.labels[index].astype(np.int64)
 
     def _stream(self, shard: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
         while True:
