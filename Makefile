@@ -23,6 +23,27 @@ REQUIREMENTS := requirements/cuda
 else
 $(error ACCEL=$(ACCEL): say ACCEL=cpu (the default) or ACCEL=cuda)
 endif
+# VERSIONS=colab: environments at Colab's preinstalled releases of PyTorch, JAX and TensorFlow
+# (requirements/colab/, locked in requirements/lock/colab-<framework>.txt) in .venv-colab/, to run
+# d2l_bn's tests and the portable notebook check on them: `make colab-test` (README, "Colab's
+# versions"). MXNet has no Colab. Its book venv (.venv-colab/book, the same lock) holds its kernels.
+VERSIONS ?= locked
+LOCK_PREFIX :=
+ifeq ($(VERSIONS),colab)
+ifneq ($(ACCEL),cpu)
+$(error VERSIONS=colab runs on the CPU: leave out ACCEL=$(ACCEL))
+endif
+VENV := .venv-colab
+REQUIREMENTS := requirements/colab
+LOCK_PREFIX := colab-
+FRAMEWORKS := torch jax tensorflow
+else ifneq ($(VERSIONS),locked)
+$(error VERSIONS=$(VERSIONS): say VERSIONS=locked (the default) or VERSIONS=colab)
+endif
+# PyPI serves PyTorch's Linux wheels as CUDA builds of several GB; the CPU build that the torch lock
+# names (torch==...+cpu) comes from PyTorch's own index. TORCH_INDEX= (empty) leaves pip to its own
+# configuration (.ci/run: a machine with a local wheel folder and no route to that index).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # The tests read which environments they check from here.
 export D2L_BN_VENV := $(abspath $(VENV))
 export D2L_BN_ACCEL := $(ACCEL)
@@ -58,7 +79,7 @@ PIPELINE := $(BOOK_PY) tools/pipeline.py
 PYTEST_FLAGS ?= -q
 export D2L_BN_NO_SKIPS := 1
 
-.PHONY: all envs cuda-resolve book html notebooks execute stale nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test browser-test-run serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
+.PHONY: all envs resolve colab-test colab-pytest book html notebooks execute stale nbval nbval-portable nbval-run seeds seeds-report test pytest lock clean mathjax browser-deps browser-test browser-test-run serve bench env-bench-d2l $(FRAMEWORKS:%=env-%) env-book $(FRAMEWORKS:%=pytest-%) pytest-book
 
 all: test
 
@@ -77,12 +98,15 @@ $(BOOK_VENV)/.installed: requirements/book.txt requirements/lock/book.txt
 # they came with the requirements). With ACCEL=cuda
 # the framework is its CUDA build at the locked release (requirements/cuda/), and everything else
 # is held to the same lock, less its CPU-build lines.
-$(VENV)/%/.installed: $(REQUIREMENTS)/%.txt requirements/%.txt requirements/common.txt requirements/lock/%.txt pyproject.toml $(BOOK_VENV)/.installed
+$(VENV)/%/.installed: $(REQUIREMENTS)/%.txt requirements/%.txt requirements/common.txt requirements/lock/$(LOCK_PREFIX)%.txt pyproject.toml $(BOOK_VENV)/.installed
 	test -x $(VENV)/$*/bin/python || $(PYTHON) -m venv $(VENV)/$*
-	grep -v $(CPU_BUILD_LINES) requirements/lock/$*.txt > $(VENV)/$*/constraints.txt || true
-	$(VENV)/$*/bin/pip install $(PIP_INSTALL) -r $(REQUIREMENTS)/$*.txt -c $(VENV)/$*/constraints.txt
+	grep -v $(CPU_BUILD_LINES) requirements/lock/$(LOCK_PREFIX)$*.txt > $(VENV)/$*/constraints.txt || true
+	$(VENV)/$*/bin/pip install $(PIP_INSTALL) $(TORCH_INDEX_FLAGS) -r $(REQUIREMENTS)/$*.txt -c $(VENV)/$*/constraints.txt
 	$(VENV)/$*/bin/pip install $(PIP_INSTALL) --no-deps -e .
 	touch $@
+
+# The CPU build of the locked PyTorch, from PyTorch's index (only there: the lock names it).
+TORCH_INDEX_FLAGS = $(if $(and $(filter torch,$*),$(filter requirements,$(REQUIREMENTS)),$(TORCH_INDEX)),--extra-index-url $(TORCH_INDEX))
 
 # Its kernel, registered in the book venv with the environment that tools/stamp.py declares (which
 # is part of every notebook's stamp).
@@ -110,27 +134,34 @@ else
 CPU_BUILD_LINES := $(LOCK_CPU_BUILDS)
 endif
 
-# Whether the ACCEL=cuda installs resolve on PyPI, from a machine without a GPU: pip's dry run of
-# each, with this machine's pip configuration and local wheel folders left out (they could answer
-# with a CPU build), downloading only the packages' metadata. Needs PyPI.
-CUDA_FRAMEWORKS := torch jax tensorflow
-cuda-resolve: env-book
-	@for fw in $(CUDA_FRAMEWORKS); do \
-		grep -v $(LOCK_CPU_BUILDS) requirements/lock/$$fw.txt > $(VENV)/cuda-$$fw-constraints.txt; \
-		echo "requirements/cuda/$$fw.txt:"; \
+# Whether the installs resolve from the public indexes alone, as on a user's machine: pip's dry run
+# of each environment with this machine's pip configuration and local wheel folders left out,
+# downloading only the packages' metadata, from PyPI (and TORCH_INDEX for torch's CPU build).
+#   make resolve               the CPU environments of `make envs`
+#   make resolve ACCEL=cuda    the CUDA builds of PyTorch, JAX and TensorFlow (from a machine without a GPU)
+RESOLVE_ENVS := $(if $(filter cuda,$(ACCEL)),torch jax tensorflow,book $(FRAMEWORKS))
+resolve: env-book
+	@for env in $(RESOLVE_ENVS); do \
+		requirements=$$(test $$env = book && echo requirements || echo $(REQUIREMENTS))/$$env.txt; \
+		lock=requirements/lock/$$(test $$env = book || echo "$(LOCK_PREFIX)")$$env.txt; \
+		grep -v $(CPU_BUILD_LINES) $$lock > $(VENV)/resolve-$$env-constraints.txt; \
+		index=$$(test $$env = torch && test -n "$(TORCH_INDEX)" && test $(REQUIREMENTS) = requirements \
+			&& echo "--extra-index-url $(TORCH_INDEX)"); \
+		echo "$$requirements $$index:"; \
 		env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
 			$(BOOK_VENV)/bin/pip install --dry-run --ignore-installed $(PIP_INSTALL) \
-			--index-url https://pypi.org/simple --report $(VENV)/cuda-$$fw-report.json \
-			-r requirements/cuda/$$fw.txt -c $(VENV)/cuda-$$fw-constraints.txt || exit 1; \
-		$(BOOK_PY) -c "import json, sys; names = sorted(p['metadata']['name'] + ' ' + p['metadata']['version'] for p in json.load(open(sys.argv[1]))['install']); print('  would install', len(names), 'packages:', ', '.join(n for n in names if n.split()[0].lower().startswith(('torch', 'jax', 'tensorflow', 'nvidia-cudnn', 'nvidia-cuda-runtime'))))" $(VENV)/cuda-$$fw-report.json; \
+			--index-url https://pypi.org/simple $$index --report $(VENV)/resolve-$$env-report.json \
+			-r $$requirements -c $(VENV)/resolve-$$env-constraints.txt || exit 1; \
+		$(BOOK_PY) -c "import json, sys; names = sorted(p['metadata']['name'] + ' ' + p['metadata']['version'] for p in json.load(open(sys.argv[1]))['install']); print('  would install', len(names), 'packages:', ', '.join(n for n in names if n.split()[0].lower().startswith(('torch', 'jax', 'tensorflow', 'mxnet', 'jupyter-book', 'nvidia-cudnn', 'nvidia-cuda-runtime'))))" $(VENV)/resolve-$$env-report.json; \
 	done
 
 # Rewrite the lock files from what the environments hold now (after changing a range: install,
 # check, then lock).
 lock: envs
 	@test "$(ACCEL)" = cpu || { echo "the lock files hold the CPU environments: make lock without ACCEL"; exit 1; }
-	for env in book $(FRAMEWORKS); do \
-		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$$env.txt; \
+	$(if $(LOCK_PREFIX),,$(BOOK_VENV)/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/book.txt)
+	for env in $(FRAMEWORKS); do \
+		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$(LOCK_PREFIX)$$env.txt; \
 	done
 
 # The test command builds the environments, runs the pytest environments, then the notebooks,
@@ -152,9 +183,10 @@ test:
 
 pytest: $(FRAMEWORKS:%=pytest-%) pytest-book
 
-# As in its kernel: no C++ log lines, and the same numerics.
-pytest-tensorflow: export TF_CPP_MIN_LOG_LEVEL := 3
-pytest-tensorflow: export TF_ENABLE_ONEDNN_OPTS := 0
+# TensorFlow outside its kernel as in it (tools/stamp.py, KERNEL_ENV: no C++ log lines, oneDNN off
+# for the same numerics); tests/test_envs.py holds the two equal.
+pytest-tensorflow seeds bench: export TF_CPP_MIN_LOG_LEVEL := 3
+pytest-tensorflow seeds bench: export TF_ENABLE_ONEDNN_OPTS := 0
 
 $(FRAMEWORKS:%=pytest-%) pytest-book: pytest-%:
 	@$(TIMED) "pytest in $*" $(VENV)/$*/bin/python -m pytest $(PYTEST_FLAGS) $(TESTS_$*)
@@ -259,14 +291,23 @@ nbval-notebook/%:
 	PYTHONPATH=tools $(TIMED) "nbval $* ($$kernel)" $(BOOK_PY) -m pytest $(NBVAL_FLAGS) \
 		$(NBVAL_MODE_FLAGS) $* --nbval-kernel-name $$kernel
 
+# d2l_bn's tests and the portable check of the PyTorch, JAX and TensorFlow notebooks at Colab's
+# preinstalled versions (VERSIONS=colab above), in .venv-colab/. `make colab-pytest`: the tests only.
+COLAB_NOTEBOOKS := $(filter-out notebooks/mxnet/%,$(NOTEBOOK_FILES))
+colab-test: colab-pytest
+	@$(TIMED) "notebooks at Colab's versions (portable)" $(MAKE) --no-print-directory VERSIONS=colab \
+		nbval-portable NOTEBOOKS="$(COLAB_NOTEBOOKS)"
+colab-pytest:
+	@$(TIMED) "set-up at Colab's versions" $(MAKE) --no-print-directory VERSIONS=colab envs
+	@$(TIMED) "pytest at Colab's versions" $(MAKE) --no-print-directory VERSIONS=colab \
+		pytest-torch pytest-jax pytest-tensorflow
+
 # The notebooks' training runs over seeds (benchmarks/seeds.py), for their asserts' thresholds:
 #   make seeds FRAMEWORK=torch SEEDS="0 1 2" [THREADS=1] [PAGES=devices]; the table: make seeds-report
 FRAMEWORK ?= torch
 SEEDS ?= 0 1 2
 PAGES ?= chapter devices
 SEEDS_OUT ?= _build/seeds.jsonl
-seeds: export TF_CPP_MIN_LOG_LEVEL := 3
-seeds: export TF_ENABLE_ONEDNN_OPTS := 0
 seeds: envs
 	$(VENV)/$(FRAMEWORK)/bin/python benchmarks/seeds.py --framework $(FRAMEWORK) --seeds $(SEEDS) \
 		--pages $(PAGES) --out $(SEEDS_OUT)
@@ -278,8 +319,6 @@ seeds-report: env-book
 # PyTorch, JAX and TensorFlow figures are taken there: run `make bench BENCH_DEVICE=gpu`.
 BENCH_DEVICE ?= cpu
 BENCH_RUN := _build/bench/$(BENCH_DEVICE)
-bench: export TF_CPP_MIN_LOG_LEVEL := 3
-bench: export TF_ENABLE_ONEDNN_OPTS := 0
 bench: envs env-bench-d2l mathjax
 	rm -rf $(BENCH_RUN)
 	@for fw in $(FRAMEWORKS); do \

@@ -173,3 +173,99 @@ def test_every_package_of_d2l_bn_is_installed_by_a_regular_install():
                for init in (ROOT / "d2l_bn").rglob("__init__.py")}
     assert on_disk <= listed, f"pyproject.toml's packages lack {sorted(on_disk - listed)}"
 
+
+
+def pinned(path: Path) -> dict:
+    """The `name==version` lines of a requirements or lock file, by normalized name."""
+    from packaging.requirements import Requirement
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            requirement = Requirement(line)
+            (specifier,) = requirement.specifier or [None]
+            if specifier is not None and specifier.operator == "==":
+                pins[requirement.name.lower().replace("_", "-")] = specifier.version
+    return pins
+
+
+# Colab's build of TensorFlow is `tensorflow`; the environments here hold its CPU build.
+COLAB_NAME = {"tensorflow": "tensorflow-cpu"}
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax", "tensorflow"])
+def test_declared_minimums_are_colabs_tested_releases(framework):
+    """pyproject's extras ask for at least what `make colab-test` runs: Colab's releases satisfy
+    them (its install cell keeps the platform's framework), and nothing older is claimed."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"][framework]
+    colab = pinned(ROOT / "requirements" / "colab" / f"{framework}.txt")
+    ranges = {Requirement(line).name: Requirement(line).specifier
+              for line in (ROOT / "requirements" / f"{framework}.txt").read_text().splitlines()
+              if line and line[0].isalpha()}
+    for line in extra:
+        requirement = Requirement(line)
+        tested = colab[COLAB_NAME.get(requirement.name, requirement.name)]
+        assert requirement.specifier == SpecifierSet(f">={tested}"), \
+            f"pyproject.toml: {line}, but Colab's tested release is {tested}"
+        assert ranges[COLAB_NAME.get(requirement.name, requirement.name)] == requirement.specifier, \
+            f"requirements/{framework}.txt and pyproject.toml disagree on {requirement.name}"
+
+
+def test_studio_lab_environment_pins_the_mxnet_lock():
+    """notebooks/mxnet/environment.yml builds, on Studio Lab, the environment the MXNet notebooks
+    were executed in: the Makefile's Python and the lock's releases of what it lists."""
+    import yaml
+    from packaging.requirements import Requirement
+    environment = yaml.safe_load((ROOT / "notebooks" / "mxnet" / "environment.yml").read_text())
+    conda = [entry for entry in environment["dependencies"] if isinstance(entry, str)]
+    make_python = re.search(r"^PYTHON \?= python(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert f"python={make_python.group(1)}" in conda
+    pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict))
+    locked = pinned(ROOT / "requirements" / "lock" / "mxnet.txt")
+    repository = re.sub(r"^https://", "git+https://", pipeline_repository())
+    names = set()
+    for line in pip:
+        requirement = Requirement(line)
+        names.add(requirement.name)
+        if requirement.name == "d2l_bn":
+            assert requirement.url.startswith(repository), requirement.url
+            continue
+        assert str(requirement.specifier) == f"=={locked[requirement.name]}", \
+            f"environment.yml: {line}; requirements/lock/mxnet.txt has {locked[requirement.name]}"
+    assert {"mxnet", "numpy", "matplotlib", "d2l_bn"} <= names
+
+
+def pipeline_repository() -> str:
+    import yaml
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+
+
+def test_set_up_takes_the_cpu_build_of_torch_from_pytorchs_index_by_default(tmp_path):
+    """PyPI serves no `+cpu` builds: a user's `make envs` must ask PyTorch's CPU index for the
+    lock's torch, and only for torch (CI's .ci/run turns it off: its machine has a local copy)."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("TORCH_INDEX", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    commands = {}
+    for framework in ("torch", "jax"):
+        result = subprocess.run(
+            ["make", "-n", f"VENV={tmp_path}", f"{tmp_path}/{framework}/.installed"],
+            cwd=ROOT, capture_output=True, text=True, env=environment)
+        assert result.returncode == 0, result.stderr
+        commands[framework] = [line for line in result.stdout.splitlines()
+                               if f"{tmp_path}/{framework}/bin/pip install" in line and " -r " in line]
+    index = "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert len(commands["torch"]) == 1 and index in commands["torch"][0], commands["torch"]
+    assert len(commands["jax"]) == 1 and "--extra-index-url" not in commands["jax"][0]
+    assert any(line.startswith("torch==") and line.endswith("+cpu")
+               for line in (ROOT / "requirements" / "lock" / "torch.txt").read_text().splitlines())
+
+
+def test_tensorflow_runs_outside_its_kernel_with_the_kernels_environment():
+    # The Makefile's targets that run TensorFlow in a plain process (tests, seeds, benchmarks).
+    exports = re.findall(r"^pytest-tensorflow seeds bench: export (\w+) := (\S+)$",
+                         (ROOT / "Makefile").read_text(), re.M)
+    assert dict(exports) == stamp.KERNEL_ENV["tensorflow"]

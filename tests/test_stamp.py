@@ -132,6 +132,23 @@ def test_outputs_are_compared_as_nbval_compares_them():
     assert stamp.differing_cells(committed, fresh) == ["exact", "measured"]
 
 
+def test_the_skip_list_is_nbvals_own():
+    """stamp.NBVAL_SKIP restates the keys nbval leaves out of its comparison (it keeps them in
+    IPyNbFile.__init__, out of reach without a pytest session): read them from nbval's source, so
+    that a new nbval that compares otherwise fails here rather than keep a changed output."""
+    import nbval.plugin
+    tree = ast.parse(Path(nbval.plugin.__file__).read_text())
+    init = next(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                and node.name == "IPyNbFile").body
+    skipped = []
+    for node in ast.walk(ast.Module(body=init, type_ignores=[])):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "self.skip_compare":
+            for value in ast.walk(node.value):  # the tuple, and `self.skip_compare + (...)`
+                if isinstance(value, ast.Tuple):
+                    skipped += [ast.literal_eval(item) for item in value.elts]
+    assert skipped and tuple(skipped) == stamp.NBVAL_SKIP, skipped
+
+
 @pytest.fixture
 def book_environment(monkeypatch):
     """The shell's numeric variables out of the way (`make test` sets THREADS=1 in its lanes):
