@@ -164,7 +164,8 @@ lock: envs
 		$(VENV)/$$env/bin/pip freeze --exclude-editable | grep -v '^d2l' > requirements/lock/$(LOCK_PREFIX)$$env.txt; \
 	done
 
-# The test command builds the environments, runs the pytest environments, then the notebooks,
+# The test command builds the environments, runs the pytest environments, d2l_bn's tests again at
+# Colab's versions of PyTorch, JAX and TensorFlow (colab-pytest), then the notebooks,
 # TEST_JOBS at a time, the tests and notebooks with TEST_THREADS threads per framework (two jobs of
 # one thread each keep a 2-core machine's cores busy without oversubscribing them). The lanes
 # shorten the set-up and pytest; the notebooks take about as long either way (README, Tests).
@@ -176,6 +177,7 @@ test:
 	@$(TIMED) "set-up (environments)" $(MAKE) --no-print-directory -j$(TEST_JOBS) \
 		--output-sync=target envs
 	@$(TIMED) "pytest (all environments)" $(MAKE) --no-print-directory $(LANES) pytest
+	@$(TIMED) "pytest at Colab's versions" $(MAKE) --no-print-directory $(LANES) colab-pytest
 	@$(TIMED) "notebooks (nbval, all)" $(MAKE) --no-print-directory nbval JOBS=$(TEST_JOBS) \
 		$(if $(TEST_THREADS),THREADS=$(TEST_THREADS))
 	@$(TIMED) "book build" $(MAKE) --no-print-directory html
@@ -299,7 +301,7 @@ colab-test: colab-pytest
 		nbval-portable NOTEBOOKS="$(COLAB_NOTEBOOKS)"
 colab-pytest:
 	@$(TIMED) "set-up at Colab's versions" $(MAKE) --no-print-directory VERSIONS=colab envs
-	@$(TIMED) "pytest at Colab's versions" $(MAKE) --no-print-directory VERSIONS=colab \
+	@$(TIMED) "pytest in each at Colab's versions" $(MAKE) --no-print-directory VERSIONS=colab \
 		pytest-torch pytest-jax pytest-tensorflow
 
 # The notebooks' training runs over seeds (benchmarks/seeds.py), for their asserts' thresholds:
