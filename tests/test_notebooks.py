@@ -199,6 +199,50 @@ def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
         assert code == shipped[name], f"{name} in the chapter differs from d2l_bn.{framework}"
 
 
+# What a page shows is teaching code: it fits the website's code box and reads at a glance; the
+# explanations are the page's prose, the hardened checks a call into d2l_bn.
+MAX_COLUMNS = 88
+MAX_FUNCTION_LINES = 20
+MAX_CLASS_LINES = 25
+
+
+def code_lines(code: str, node: ast.AST) -> int:
+    """Lines of a definition that are code: not blank, not comments, not docstrings."""
+    docstrings = set()
+    for inner in ast.walk(node):
+        if isinstance(inner, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(inner):
+            first = inner.body[0]
+            docstrings.update(range(first.lineno, first.end_lineno + 1))
+    lines = code.splitlines()
+    return sum(1 for number in range(node.lineno, node.end_lineno + 1)
+               if number not in docstrings and lines[number - 1].strip()
+               and not lines[number - 1].strip().startswith("#"))
+
+
+@pytest.mark.parametrize("source", pipeline.chapter_sources(), ids=lambda source: source.stem)
+def test_shown_code_is_short_teaching_code(source):
+    too_long = []
+    for cell in pipeline.read_source(source).cells:
+        if cell.cell_type != "code":
+            continue
+        where = f"{pipeline.framework_of(cell)} cell {cell.source.splitlines()[0][:40]!r}"
+        too_long += [f"{where}: a line of {len(line)} columns" for line in cell.source.splitlines()
+                     if len(line) > MAX_COLUMNS]
+        tree = ast.parse(cell.source)
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+            if code_lines(cell.source, node) > limit:
+                too_long.append(f"{where}: {node.name} has {code_lines(cell.source, node)} "
+                                f"lines of code (at most {limit})")
+            too_long += [f"{where}: {inner.name}'s docstring is longer than one line"
+                         for inner in ast.walk(node)
+                         if isinstance(inner, (ast.FunctionDef, ast.ClassDef))
+                         and "\n" in (ast.get_docstring(inner) or "")]
+    assert not too_long, "\n".join(too_long)
+
+
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
 def test_notebook_prose_is_plain_jupyter_markdown(source, framework, path):
     """Colab, Studio Lab and Jupyter show MyST as raw text: the notebooks' prose has none, and
