@@ -94,6 +94,27 @@ def test_page_renders_offline_with_no_errors(browser, site, page):
     assert foreign_requests(browser, site) == [], "the page asked other hosts for something"
 
 
+# Code blocks, of code cells or prose, that scroll sideways; a block in a hidden tab has no box.
+OVERFLOWING_CODE = r"""
+return Array.from(document.querySelectorAll("div.highlight pre"))
+  .filter((pre) => pre.offsetParent !== null && !pre.closest(".cell_output, .output"))
+  .filter((pre) => pre.scrollWidth > pre.clientWidth)
+  .map((pre) => `${pre.scrollWidth} > ${pre.clientWidth} px: ${pre.textContent.slice(0, 60)}`);
+"""
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_code_block_scrolls_sideways(browser, site, page):
+    """In the browser's 1280-pixel-wide window (a laptop's), in every framework's tabs: lines of
+    88 columns (tests/test_notebooks.py) fit (_static/code-width.css)."""
+    overflowing = {}
+    for framework in FRAMEWORKS if page in NOTEBOOK_PAGES else [None]:
+        open_page(browser, site + page + (f"?framework={framework}" if framework else ""))
+        assert browser.get_window_size()["width"] == 1280
+        overflowing[framework] = browser.execute_script(OVERFLOWING_CODE)
+    assert not any(overflowing.values()), overflowing
+
+
 def choose(browser, tab_set_index: int, framework: str) -> None:
     """Click a framework's tab in one tab set, as a reader would."""
     tab_set = [s for s in browser.find_elements(By.CSS_SELECTOR, ".sd-tab-set")
