@@ -29,15 +29,37 @@ def table() -> dict[str, list[str]]:
     return rows
 
 
+def momentum_table() -> list[list[str]]:
+    """The one table of what `momentum` means (section sec-batch-norm-prediction), in the
+    frameworks' order: the cells after the framework's name."""
+    text = CHAPTER.read_text()
+    lines = text[text.index("(sec-batch-norm-prediction)="):].splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| Framework | Built-in"))
+    return [[c.strip() for c in line.strip("|").split("|")][1:]
+            for line in lines[first + 2:first + 2 + len(FRAMEWORKS)]]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_momentum_table_states_the_pinned_convention(framework):
+    convention = CONVENTIONS[framework]
+    m = convention["momentum_default"]
+    new = convention["momentum_weights"] == "new"
+    ours = m if new else round(1 - m, 10)
+    _, theirs, in_our_terms, *_ = momentum_table()[FRAMEWORKS.index(framework)]
+    assert theirs == f"{m:g}, weight of the {'new batch' if new else 'old average'}", theirs
+    assert in_our_terms == f"{ours:g}", in_our_terms
+
+
+def test_momentum_is_stated_in_one_table():
+    text = CHAPTER.read_text()
+    assert text.count("| Framework | Built-in layer | Its `momentum`") == 1
+    assert "`momentum` weights |" not in text and "`momentum` default" not in text
+
+
 def expected_cells(convention: dict) -> dict[str, str]:
     """What each row must say for one framework (only the rows that CONVENTIONS records)."""
-    m = convention["momentum_default"]
-    ours = m if convention["momentum_weights"] == "new" else round(1 - m, 10)
     layout = "NCHW" if convention["channel_axis"] == 1 else "NHWC"
     return {
-        "`momentum` weights": "the new batch" if convention["momentum_weights"] == "new"
-        else "the old average",
-        "`momentum` default (ours)": f"{m:g} ({ours:g})",
         r"$\epsilon$ default": f"{convention['eps_default']:.0e}".replace("e-0", "e-"),
         "running variance": convention["running_var"],
         "batch variance": convention["variance"],
