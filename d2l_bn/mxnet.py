@@ -34,19 +34,23 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
+# What the chapter shows is the mathematics; the checks of the input, half precision and the guard
+# against non-finite batches live in the helpers below, which the shown code calls.
 
-def _per_channel(t: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Broadcast a (C,) array along axis 1 of the 2-D or 4-D input ``X``, to ``X``'s shape.
+def checked_input(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                  running_var: np.ndarray, training: bool) -> tuple[np.ndarray, onp.dtype]:
+    """Check the arguments of :func:`batch_norm`; return X to compute with, and Y's dtype.
 
-    Explicitly, with ``np.broadcast_to``, rather than by reshaping to (1, C, 1, 1) and letting
-    the arithmetic broadcast: on the CPU, MXNet's gradient of ``broadcast_to`` is several times
-    faster than its gradients of broadcasting arithmetic.
+    Raises a TypeError or ValueError that says what to do for an input that is not an
+    ``mxnet.np.ndarray``, not floating point, not 2-D (batch, features) or 4-D (batch, channels,
+    height, width), whose axis 1 does not match gamma, or, in training, with fewer than 2 values
+    per channel; and for beta or running statistics whose shape is not gamma's, (C,).
+    Shapes only: looking at values would make the host wait for the device at every step.
+
+    A float16 input is normalized in float32 and the output cast back to float16, as Gluon's
+    layer does; gamma, beta and the running statistics stay float32. So X comes back in float32
+    when it is float16, and the dtype to return Y in is the input's.
     """
-    return np.broadcast_to(t.reshape((1, -1) + (1,) * (X.ndim - 2)), X.shape)
-
-
-def _check_input(X: np.ndarray, gamma: np.ndarray, training: bool) -> None:
-    # Shapes only: looking at values would make the host wait for the device at every step.
     if not isinstance(X, np.ndarray):
         raise TypeError(f"batch_norm expects an mxnet.np.ndarray, got {type(X).__name__}; "
                         f"convert it with mxnet.np.array(X, dtype='float32')")
@@ -72,161 +76,122 @@ def _check_input(X: np.ndarray, gamma: np.ndarray, training: bool) -> None:
             f"train with batches of at least 2, or switch to prediction mode (call the model "
             f"outside autograd.record(), training=False) to normalize with the running "
             f"statistics.")
-
-
-def batch_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
-               running_var: np.ndarray, *, training: bool, momentum: float = 0.1,
-               eps: float = 1e-5, unbiased_running_var: bool = False
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Batch normalization of a 2-D (batch, features) or 4-D (batch, channels, height, width) input.
-
-    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
-
-    In training (``training=True``) each feature, or each channel over all its batch and spatial
-    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
-    ``gamma`` and shifted by ``beta``::
-
-        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
-        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
-
-    In prediction (``training=False``) the running statistics take the place of the batch ones and
-    are returned unchanged. The running statistics are not part of the autograd graph.
-
-    The mode is an argument, not read from MXNet's global state; :class:`BatchNorm` passes
-    ``autograd.is_training()``, which is true inside ``autograd.record()``.
-
-    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
-    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
-
-    ===================================  ========================  ===============================
-    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
-    ===================================  ========================  ===============================
-    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
-    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
-    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
-    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
-    ===================================  ========================  ===============================
-
-    Like ``gluon.nn.BatchNorm``, the running variance is fed with the biased batch variance;
-    ``unbiased_running_var=True`` feeds it the unbiased one (times n / (n - 1), n values per
-    channel), as ``torch.nn.BatchNorm*d`` does. Normalization in training always uses the biased.
-
-    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
-    running statistics as they were instead of poisoning every later prediction (the built-in
-    layer lets it in); the Trainer reports the non-finite loss at the end of the epoch.
-
-    A float16 input is normalized in float32 and the output cast back to float16, as Gluon's
-    layer does; gamma, beta and the running statistics stay float32.
-
-    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
-    """
-    _check_input(X, gamma, training)
     for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[1]},)")
-    in_dtype = X.dtype
-    if in_dtype == np.float16:
+    dtype = X.dtype
+    if dtype == np.float16:
         X = X.astype("float32")  # statistics in float16 would lose the mean's digits
+    return X, dtype
+
+
+def finite_or_old(new: tuple[np.ndarray, ...], old: tuple[np.ndarray, ...]
+                  ) -> tuple[np.ndarray, ...]:
+    """``new`` if every value of the new statistics is finite, else ``old``.
+
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (the built-in
+    layer lets it in); the Trainer reports the non-finite loss at the end of the epoch. Decided on
+    the device, with ``np.where``, without making the host wait for it.
+    """
+    finite = np.isfinite(new[0]).all()
+    for t in new[1:]:
+        finite = finite * np.isfinite(t).all()
+    return tuple(np.where(finite, n, o) for n, o in zip(new, old))
+
+
+def checked_num_dims(num_dims: int) -> int:
+    """``num_dims`` of a :class:`BatchNorm`, which must be 2 or 4."""
+    if num_dims not in (2, 4):
+        raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                         f"convolution), got {num_dims!r}")
+    return num_dims
+
+
+def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
+    """The context (device) of a :class:`BatchNorm`'s input ``X``, whose rank must be the layer's
+    ``num_dims``; None for what is not an ``mxnet.np.ndarray`` (:func:`batch_norm` rejects it)."""
+    if isinstance(X, np.ndarray) and X.ndim != num_dims:
+        raise ValueError(f"this BatchNorm was built with num_dims={num_dims} but got a "
+                         f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
+                         f"fully connected layer, 4 after a convolution.")
+    return getattr(X, "ctx", None)
+
+
+def _per_channel(t, X):
+    """Broadcast a (C,) array along axis 1 of X, to X's shape."""
+    # Explicitly, not by broadcasting arithmetic: on the CPU, MXNet's gradient of
+    # broadcast_to is several times faster than those of broadcasting arithmetic.
+    return np.broadcast_to(t.reshape((1, -1) + (1,) * (X.ndim - 2)), X.shape)
+
+
+def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
+               momentum=0.1, eps=1e-5, unbiased_running_var=False):
+    """Batch-normalize X; return Y and the new running mean and variance."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
         mean = X.mean(axis=axes)
         var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
-        n = X.size // X.shape[1]
+        n = X.size // X.shape[1]  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
-        # On the device, without waiting for it: a non-finite batch keeps the old statistics.
-        finite = np.isfinite(new_mean).all() * np.isfinite(new_var).all()
-        new_mean = np.where(finite, new_mean, running_mean)
-        new_var = np.where(finite, new_var, running_var)
+        new_mean, new_var = finite_or_old(
+            (new_mean, new_var), (running_mean, running_var))
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
-    # gamma * (X - mean) / sqrt(var + eps) + beta, with gamma / sqrt(var + eps) taken per channel
-    # first: fewer operations on full-size arrays, each of which is slow on MXNet's CPU backend.
+        mean, var = new_mean, new_var = running_mean, running_var
+    # gamma / sqrt(var + eps) per channel first: fewer operations on full-size arrays,
+    # each of which is slow on MXNet's CPU backend
     scale = gamma / np.sqrt(var + eps)
     Y = (X - _per_channel(mean, X)) * _per_channel(scale, X) + _per_channel(beta, X)
-    return Y.astype(in_dtype, copy=False), new_mean, new_var
+    return Y.astype(dtype, copy=False), new_mean, new_var
 
 
 class BatchNorm(nn.Block):
-    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+    """Batch normalization layer from scratch, built on batch_norm."""
 
-    Args:
-        num_features: outputs of the fully connected layer before it, or channels of the
-            convolution before it.
-        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
-            convolution (input (batch, channels, height, width)).
-        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
-        eps: added to the variance, so that a constant channel does not divide by zero.
-        unbiased_running_var: update the running variance as ``torch.nn.BatchNorm*d`` does.
-
-    ``gamma`` and ``beta`` are parameters; ``running_mean`` and ``running_var`` are parameters
-    with ``grad_req='null'``, as in ``gluon.nn.BatchNorm``: not trained, but initialized by
-    ``initialize()``, moved by ``reset_ctx`` and saved by ``save_parameters`` with the others.
-    The mode is Gluon's: training inside ``autograd.record()`` (``autograd.is_training()``),
-    prediction outside.
-
-    This layer updates its running statistics in every training-mode forward pass. Gluon's own
-    ``nn.BatchNorm`` does not: in MXNet 1.9.1 on the CPU (measured; tests/test_mxnet.py) it updates
-    them when ``backward()`` runs, and so never in ``autograd.train_mode()`` without recording.
-    (On a GPU, MXNet's source suggests that its cuDNN kernel updates them in the forward pass; not
-    measured.) Both agree once a step's backward pass has run.
-    """
-
-    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5, unbiased_running_var: bool = False):
+    def __init__(self, num_features, num_dims, *, momentum=0.1, eps=1e-5,
+                 unbiased_running_var=False):
         super().__init__()
-        if num_dims not in (2, 4):
-            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
-                             f"convolution), got {num_dims!r}")
-        self.num_features, self.num_dims = num_features, num_dims
-        self.momentum, self.eps, self.unbiased_running_var = momentum, eps, unbiased_running_var
-        shape = (num_features,)
-        self.gamma = self.params.get("gamma", shape=shape, init=init.One())
-        self.beta = self.params.get("beta", shape=shape, init=init.Zero())
-        self.running_mean = self.params.get("running_mean", shape=shape, init=init.Zero(),
-                                            grad_req="null", differentiable=False)
-        self.running_var = self.params.get("running_var", shape=shape, init=init.One(),
-                                           grad_req="null", differentiable=False)
+        self.num_features, self.num_dims = num_features, checked_num_dims(num_dims)
+        self.momentum, self.eps = momentum, eps
+        self.unbiased_running_var = unbiased_running_var
+        self.gamma = self.params.get("gamma", shape=(num_features,), init=init.One())
+        self.beta = self.params.get("beta", shape=(num_features,), init=init.Zero())
+        # Parameters that are not trained, as in Gluon's layer: initialize(),
+        # reset_ctx() and save_parameters() handle them with gamma and beta
+        fixed = dict(shape=(num_features,), grad_req="null", differentiable=False)
+        self.running_mean = self.params.get("running_mean", init=init.Zero(), **fixed)
+        self.running_var = self.params.get("running_var", init=init.One(), **fixed)
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        if isinstance(X, np.ndarray) and X.ndim != self.num_dims:
-            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
-                             f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
-                             f"fully connected layer, 4 after a convolution.")
-        ctx = getattr(X, "ctx", None)  # the parameters' copy on X's device
-        training = autograd.is_training()
-        Y, mean, var = batch_norm(X, self.gamma.data(ctx), self.beta.data(ctx),
-                                  self.running_mean.data(ctx), self.running_var.data(ctx),
-                                  training=training, momentum=self.momentum, eps=self.eps,
-                                  unbiased_running_var=self.unbiased_running_var)
+    def forward(self, X):
+        ctx, training = checked_context(X, self.num_dims), autograd.is_training()
+        Y, mean, var = batch_norm(
+            X, self.gamma.data(ctx), self.beta.data(ctx), self.running_mean.data(ctx),
+            self.running_var.data(ctx), training=training, momentum=self.momentum,
+            eps=self.eps, unbiased_running_var=self.unbiased_running_var)
         if training:  # in place, so the Parameters keep the arrays that they hand out
             self.running_mean.set_data(mean)
             self.running_var.set_data(var)
         return Y
 
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.num_features}, num_dims={self.num_dims}, "
-                f"momentum={self.momentum}, eps={self.eps})")
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_features}, "
+                f"num_dims={self.num_dims}, momentum={self.momentum}, eps={self.eps})")
 
 
-def layer_norm(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-               eps: float = 1e-5) -> np.ndarray:
-    """Layer normalization (Ba et al., 2016) from scratch.
-
-    Each example is standardized over all its non-batch axes with its own mean and (biased)
-    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
-    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
-    """
+def layer_norm(X, gamma, beta, eps=1e-5):
+    """Layer normalization (Ba et al., 2016) from scratch."""
     if X.ndim < 2:
-        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
-                         f"{tuple(X.shape)}; add a batch axis with np.expand_dims(X, 0).")
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, "
+                         f"got shape {tuple(X.shape)}; add a batch axis with "
+                         f"np.expand_dims(X, 0).")
     if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
-        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
-                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+        raise ValueError(f"gamma and beta must have the shape of one example, "
+                         f"{tuple(X.shape[1:])}; got {tuple(gamma.shape)} and "
+                         f"{tuple(beta.shape)}.")
     axes = tuple(range(1, X.ndim))
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
@@ -277,23 +242,20 @@ def init_cnn(block: nn.Block) -> None:
         block.weight.initialize(init.Xavier(), ctx=block.weight.list_ctx(), force_reinit=True)
 
 
-# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 6@24x24 -> 6@12x12
-# -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first dense layer. The sizes are
-# written out (in_channels, in_units) rather than inferred at the first call, so the parameters
-# exist as soon as the model does (count them, print them, hand them to an optimizer).
+# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give
+# 6@24x24 -> 6@12x12 -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first
+# dense layer. Gluon could infer the input sizes at the first call; written out, the
+# parameters exist as soon as the model does.
 _FLAT = 16 * 4 * 4
 
 
 class BNLeNetScratch(Classifier):
-    """LeNet with our :class:`BatchNorm` after every convolution and dense layer but the last,
-    before the sigmoid. ``net[1]`` is the first batch-normalization layer.
+    """LeNet with our BatchNorm after every convolution and dense layer but the last."""
 
-    Our ``BatchNorm`` changes its state from Python, so this network stays an imperative
-    ``nn.Sequential``, not hybridized into a graph."""
-
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
+        # Not hybridized into a graph: our BatchNorm changes its state from Python
         self.net = nn.Sequential()
         self.net.add(
             nn.Conv2D(6, kernel_size=5, in_channels=1), BatchNorm(6, num_dims=4),
@@ -302,22 +264,21 @@ class BNLeNetScratch(Classifier):
             nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
             nn.Flatten(), nn.Dense(120, in_units=_FLAT), BatchNorm(120, num_dims=2),
             nn.Activation("sigmoid"),
-            nn.Dense(84, in_units=120), BatchNorm(84, num_dims=2), nn.Activation("sigmoid"),
+            nn.Dense(84, in_units=120), BatchNorm(84, num_dims=2),
+            nn.Activation("sigmoid"),
             nn.Dense(num_classes, in_units=84))
         self.initialize()
 
 
 class BNLeNet(Classifier):
-    """The same LeNet with Gluon's own ``nn.BatchNorm``, hybridized into one graph.
+    """The same LeNet with Gluon's own nn.BatchNorm, hybridized into one graph."""
 
-    Gluon's ``momentum`` weights the old average, so our momentum=0.1 is its 0.9; with
-    ``epsilon=1e-5`` these are Gluon's defaults, written out so that both LeNets visibly use
-    the same settings."""
-
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = nn.HybridSequential()
+        # Gluon's defaults, momentum=0.9 and epsilon=1e-5, written out so that both
+        # LeNets visibly use the same settings
         self.net.add(
             nn.Conv2D(6, kernel_size=5, in_channels=1),
             nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=6),
@@ -326,9 +287,11 @@ class BNLeNet(Classifier):
             nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=16),
             nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
             nn.Flatten(), nn.Dense(120, in_units=_FLAT),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=120), nn.Activation("sigmoid"),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=120),
+            nn.Activation("sigmoid"),
             nn.Dense(84, in_units=120),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=84), nn.Activation("sigmoid"),
+            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=84),
+            nn.Activation("sigmoid"),
             nn.Dense(num_classes, in_units=84))
         self.initialize()
         self.net.hybridize()
@@ -438,17 +401,10 @@ class Trainer:
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
-def batch_norm_variant(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                       running_mean: np.ndarray, running_var: np.ndarray, *, training: bool,
-                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
-                       divide_std: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`batch_norm` with either half of the standardization switched off.
-
-    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
-    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
-    with both options on the result is the same. Returns ``(Y, new_running_mean,
-    new_running_var)``."""
-    _check_input(X, gamma, training)
+def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
+                       momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
+    """batch_norm with either half of the standardization switched off."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
         mean = X.mean(axis=axes)
@@ -456,13 +412,12 @@ def batch_norm_variant(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var.detach()
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
+        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = X - _per_channel(mean, X) if subtract_mean else X
     if divide_std:
         X_hat = X_hat * _per_channel(1 / np.sqrt(var + eps), X)
     Y = X_hat * _per_channel(gamma, X) + _per_channel(beta, X)
-    return Y, new_mean, new_var
+    return Y.astype(dtype, copy=False), new_mean, new_var
 
 
 class BatchNormVariant(nn.Block):

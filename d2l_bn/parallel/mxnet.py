@@ -37,11 +37,13 @@ __all__ = ["SyncBatchNorm", "synchronize_batch_norm", "cpu_contexts", "data_para
 # --- The synchronized layer ----------------------------------------------------------------------
 
 class SyncBatchNorm(contrib_nn.SyncBatchNorm):
-    """Gluon's ``SyncBatchNorm`` for ``mxnet.np`` arrays: its operator only accepts legacy
-    ``NDArray``s, so the arrays go in and come out as views (no copy; gradients flow)."""
+    """Gluon's SyncBatchNorm for mxnet.np arrays."""
 
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        legacy = [a.as_nd_ndarray() for a in (x, gamma, beta, running_mean, running_var)]
+        # Its operator accepts only legacy NDArrays, so the arrays go in and come out as
+        # views (no copy; gradients flow)
+        arrays = (x, gamma, beta, running_mean, running_var)
+        legacy = [a.as_nd_ndarray() for a in arrays]
         return super().hybrid_forward(F, *legacy).as_np_ndarray()
 
 
