@@ -34,12 +34,26 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
 
 # --- Batch normalization from scratch ------------------------------------------------------------
 
+# The chapter shows batch_norm and BatchNorm as short teaching code; what hardens them lives here,
+# in the helpers they call: checked_input (clear errors, half precision), finite_or_old (the
+# guard against non-finite batches), check_num_dims and check_layer_input (the layer's checks).
+#
 # Channels-last needs no reshaping: a (C,) array broadcasts along the last axis of a 2-D
 # (batch, features) and of a 4-D (batch, height, width, channels) input alike.
 
-def _check_input(X: jax.Array, gamma: jax.Array, training: bool) -> None:
-    # Shapes only: they are static under jax.jit, and looking at values would make the host wait
-    # for the device at every step.
+def checked_input(X: jax.Array, gamma: jax.Array, beta: jax.Array, running_mean: jax.Array,
+                  running_var: jax.Array, training: bool) -> tuple[jax.Array, Any]:
+    """The checks of :func:`batch_norm`: returns ``X`` (in float32 if it is float16 or bfloat16)
+    and the dtype of the output ``Y``.
+
+    Each error says what to do. Only shapes and dtypes are looked at: they are static under
+    ``jax.jit``, and looking at values would make the host wait for the device at every step.
+
+    A float16 or bfloat16 input is normalized in float32, and the output is float32, as
+    ``flax.linen.BatchNorm`` gives with float32 parameters: the returned dtype is the one the
+    arithmetic of :func:`batch_norm` gives ``Y`` anyway (so its final cast changes nothing),
+    float32 for a half-precision input with float32 parameters.
+    """
     if not isinstance(X, (jax.Array, np.ndarray)):
         raise TypeError(f"batch_norm expects a jax.Array, got {type(X).__name__}; convert "
                         f"it with jnp.asarray(X, dtype=jnp.float32)")
@@ -64,128 +78,105 @@ def _check_input(X: jax.Array, gamma: jax.Array, training: bool) -> None:
             f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
             f"train with batches of at least 2, or switch to prediction mode (train=False for the "
             f"layer, training=False for batch_norm) to normalize with the running statistics.")
-
-
-def batch_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
-               running_mean: jax.Array, running_var: jax.Array, *, training: bool,
-               momentum: float = 0.1, eps: float = 1e-5, unbiased_running_var: bool = False,
-               use_fast_variance: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Batch normalization of a 2-D (batch, features) or 4-D (batch, height, width, channels) input.
-
-    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
-
-    In training (``training=True``) each feature, or each channel over all its batch and spatial
-    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
-    ``gamma`` and shifted by ``beta``::
-
-        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
-        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
-
-    In prediction (``training=False``) the running statistics take the place of the batch ones and
-    are returned unchanged. No gradient flows into the running statistics.
-
-    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
-    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
-
-    ===================================  ========================  ===============================
-    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
-    ===================================  ========================  ===============================
-    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
-    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
-    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
-    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
-    ===================================  ========================  ===============================
-
-    ``unbiased_running_var=True`` feeds the running variance with the unbiased batch variance
-    (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does; normalization in
-    training always uses the biased one.
-
-    ``use_fast_variance=True`` computes the batch variance in one pass as max(0, E[x²] - E[x]²),
-    as ``flax.linen.BatchNorm`` does by default (Flax 0.12: bit for bit the same), instead of
-    E[(x - E[x])²]. In float32 the one-pass formula loses about (mean / std)² * 1.5e-7 of relative
-    precision: nothing for activations near zero, 0.1% for a channel with mean 100 and std 1,
-    1.5% for mean 300 and std 1, where the two-pass variance stays within 1e-7.
-
-    Under ``jax.jit`` nothing can be raised on values, so a batch that would make the running
-    statistics non-finite (NaN or infinity in the input) leaves them unchanged instead of
-    poisoning every later prediction; the output is non-finite all the same, and the Trainer
-    reports the non-finite loss at the end of the epoch.
-
-    A float16 or bfloat16 input is normalized in float32, and the output is float32, as
-    ``flax.linen.BatchNorm`` gives with float32 parameters.
-
-    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[-1]``.
-    """
-    _check_input(X, gamma, training)
     for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[-1]},)")
     if X.dtype in (jnp.float16, jnp.bfloat16):
         X = X.astype(jnp.float32)  # statistics in float16 would lose the mean's digits
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # all axes but the last, the channels
+    # Y = gamma * (X - mean) / sqrt(var + eps) + beta, with the batch's statistics (of X's dtype)
+    # in training and the running ones in prediction.
+    statistics = () if training else (running_mean, running_var)
+    return X, jnp.result_type(X, gamma, beta, *statistics)
+
+
+def finite_or_old(new: Sequence[jax.Array], old: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
+    """``new`` if every value of the new running statistics is finite, else ``old``.
+
+    Under ``jax.jit`` nothing can be raised on values, so a batch that would make the running
+    statistics non-finite (NaN or infinity in the input) leaves them unchanged instead of
+    poisoning every later prediction; the output is non-finite all the same, and the Trainer
+    reports the non-finite loss at the end of the epoch. Decided on the device by ``jnp.where``,
+    without a host sync.
+    """
+    finite = jnp.isfinite(new[0]).all()
+    for statistic in new[1:]:
+        finite = finite & jnp.isfinite(statistic).all()
+    return tuple(jnp.where(finite, n, o) for n, o in zip(new, old))
+
+
+# batch_norm is a pure function: it returns (Y, new_running_mean, new_running_var) and changes
+# nothing. unbiased_running_var=True feeds the running variance with the unbiased batch variance,
+# as torch.nn.BatchNorm*d does; normalization always uses the biased one. use_fast_variance=True
+# computes the batch variance in one pass, max(0, E[x²] - E[x]²), as flax.linen.BatchNorm does by
+# default (Flax 0.12: bit for bit the same); in float32 it loses about (mean / std)² * 1.5e-7 of
+# relative precision (0.1% for a channel with mean 100 and std 1, 1.5% for mean 300), where the
+# two-pass variance stays within 1e-7.
+
+def batch_norm(X, gamma, beta, running_mean, running_var, *, training, momentum=0.1,
+               eps=1e-5, unbiased_running_var=False, use_fast_variance=False):
+    """Batch-normalize X; return Y and the new running mean and variance."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # every axis but the last, the channels
     if training:
         mean = X.mean(axis=axes)
-        if use_fast_variance:
+        var = ((X - mean) ** 2).mean(axis=axes)
+        if use_fast_variance:  # one pass, as in Flax's BatchNorm; less exact in float32
             var = jnp.maximum(0.0, (X * X).mean(axis=axes) - mean * mean)
-        else:
-            var = ((X - mean) ** 2).mean(axis=axes)
-        n = X.size // X.shape[-1]
+        n = X.size // X.shape[-1]  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        new_mean = (1 - momentum) * running_mean + momentum * jax.lax.stop_gradient(mean)
-        new_var = (1 - momentum) * running_var + momentum * jax.lax.stop_gradient(var_for_running)
-        finite = jnp.isfinite(new_mean).all() & jnp.isfinite(new_var).all()
-        new_mean = jnp.where(finite, new_mean, running_mean)
-        new_var = jnp.where(finite, new_var, running_var)
+        batch_mean, batch_var = jax.lax.stop_gradient((mean, var_for_running))
+        new_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_var = (1 - momentum) * running_var + momentum * batch_var
+        new_mean, new_var = finite_or_old(
+            (new_mean, new_var), (running_mean, running_var))
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
+        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = (X - mean) / jnp.sqrt(var + eps)
-    Y = gamma * X_hat + beta
-    return Y, new_mean, new_var
+    return (gamma * X_hat + beta).astype(dtype), new_mean, new_var
 
+
+def check_num_dims(num_dims: int) -> None:
+    """The check of :class:`BatchNorm`'s ``num_dims``, when the layer is built."""
+    if num_dims not in (2, 4):
+        raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                         f"convolution), got {num_dims!r}")
+
+
+def check_layer_input(X: jax.Array, num_dims: int) -> None:
+    """The check of :class:`BatchNorm`'s input: its number of dimensions is ``num_dims``.
+
+    (:func:`batch_norm` accepts both 2-D and 4-D inputs; a layer built for one rejects the other.)
+    """
+    if jnp.ndim(X) != num_dims:
+        raise ValueError(f"this BatchNorm was built with num_dims={num_dims} but got a "
+                         f"{jnp.ndim(X)}-D input of shape {jnp.shape(X)}: use num_dims=2 "
+                         f"after a fully connected layer, 4 after a convolution.")
+
+
+# BatchNorm's variables: gamma and beta are parameters, in the collection 'params'; running_mean
+# and running_var are in the collection 'batch_stats'. A Flax module holds no state: apply takes
+# both collections, and with train=True and mutable=['batch_stats'] it returns the updated running
+# statistics next to the output. As in flax.linen.BatchNorm, init only creates them, and training
+# with batch_stats immutable is an error rather than a silent skip.
 
 class BatchNorm(nn.Module):
-    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+    """Batch normalization layer from scratch, built on batch_norm."""
 
-    Attributes:
-        num_features: outputs of the fully connected layer before it, or channels of the
-            convolution before it.
-        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
-            convolution (input (batch, height, width, channels)).
-        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
-        eps: added to the variance, so that a constant channel does not divide by zero.
-        unbiased_running_var: update the running variance as ``nn.BatchNorm*d`` does.
-        use_fast_variance: compute the batch variance as ``flax.linen.BatchNorm`` does.
-
-    ``gamma`` and ``beta`` are parameters, in the collection ``params``; ``running_mean`` and
-    ``running_var`` are in the collection ``batch_stats``. A Flax module holds no state: ``apply``
-    takes both collections, and with ``train=True`` and ``mutable=['batch_stats']`` it returns
-    the updated running statistics next to the output. As in ``flax.linen.BatchNorm``, ``init``
-    only creates them, and training with ``batch_stats`` immutable is an error rather than a
-    silent skip. The mode is the argument ``train`` of each call.
-    """
-
-    num_features: int
-    num_dims: int
+    num_features: int  # features or channels of the layer before it
+    num_dims: int  # 2 after a dense layer, 4 after a convolution
     momentum: float = 0.1
     eps: float = 1e-5
     unbiased_running_var: bool = False
     use_fast_variance: bool = False
 
     def __post_init__(self):
-        if self.num_dims not in (2, 4):
-            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
-                             f"convolution), got {self.num_dims!r}")
+        check_num_dims(self.num_dims)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, X: jax.Array, train: bool) -> jax.Array:
-        if jnp.ndim(X) != self.num_dims:
-            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
-                             f"{jnp.ndim(X)}-D input of shape {jnp.shape(X)}: use num_dims=2 "
-                             f"after a fully connected layer, 4 after a convolution.")
+    def __call__(self, X, train):
+        check_layer_input(X, self.num_dims)
         shape = (self.num_features,)
         gamma = self.param("gamma", nn.initializers.ones, shape)
         beta = self.param("beta", nn.initializers.zeros, shape)
@@ -195,26 +186,21 @@ class BatchNorm(nn.Module):
                                   training=train, momentum=self.momentum, eps=self.eps,
                                   unbiased_running_var=self.unbiased_running_var,
                                   use_fast_variance=self.use_fast_variance)
-        if train and not self.is_initializing():
+        if train and not self.is_initializing():  # init creates the statistics only
             running_mean.value, running_var.value = mean, var
         return Y
 
 
-def layer_norm(X: jax.Array, gamma: jax.Array, beta: jax.Array,
-               eps: float = 1e-5) -> jax.Array:
-    """Layer normalization (Ba et al., 2016) from scratch.
-
-    Each example is standardized over all its non-batch axes with its own mean and (biased)
-    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
-    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
-    """
+def layer_norm(X, gamma, beta, eps=1e-5):
+    """Layer normalization (Ba et al., 2016) from scratch."""
     if X.ndim < 2:
-        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
-                         f"{tuple(X.shape)}; add a batch axis with X[None].")
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got "
+                         f"shape {tuple(X.shape)}; add a batch axis with X[None].")
     if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
-        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
-                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
-    axes = tuple(range(1, X.ndim))
+        raise ValueError(f"gamma and beta must have the shape of one example, "
+                         f"{tuple(X.shape[1:])}; got {tuple(gamma.shape)} and "
+                         f"{tuple(beta.shape)}.")
+    axes = tuple(range(1, X.ndim))  # every axis but the batch
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     return gamma * (X - mean) / jnp.sqrt(var + eps) + beta
@@ -260,21 +246,21 @@ def init_cnn(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> 
     return nn.initializers.xavier_uniform()(key, shape, dtype)
 
 
-# LeNet on 28x28x1 images: 5x5 convolutions without padding ('VALID'; Flax's default is 'SAME')
-# and 2x2 pooling give 6@24x24 -> 6@12x12 -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to
-# the first dense layer, whose size Flax infers from the input at initialization.
+# LeNet on 28x28x1 images: 5x5 convolutions without padding ('VALID'; Flax's default
+# is 'SAME') and 2x2 pooling give 6@24x24 -> 6@12x12 -> 16@8x8 -> 16@4x4, hence
+# 16 * 4 * 4 = 256 inputs to the first dense layer, whose size Flax infers at init.
 
 class BNLeNetScratch(Classifier):
-    """LeNet with our :class:`BatchNorm` after every convolution and dense layer but the last,
-    before the sigmoid. The layers are named: ``bn1`` is the first batch-normalization layer, so
-    its scale is ``variables['params']['bn1']['gamma']``."""
+    """LeNet with our BatchNorm before each sigmoid; layers conv1, bn1, ..., fc3."""
 
     @nn.compact
-    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
-        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv1")(X)
+    def __call__(self, X, train=True):
+        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn,
+                    name="conv1")(X)
         X = nn.sigmoid(BatchNorm(6, num_dims=4, name="bn1")(X, train))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
-        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv2")(X)
+        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn,
+                    name="conv2")(X)
         X = nn.sigmoid(BatchNorm(16, num_dims=4, name="bn2")(X, train))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = X.reshape((X.shape[0], -1))  # flatten
@@ -286,20 +272,22 @@ class BNLeNetScratch(Classifier):
 
 
 class BNLeNet(Classifier):
-    """The same LeNet with Flax's own ``nn.BatchNorm``, whose ``momentum=0.9`` (weight of the
-    old average) is our 0.1: both models keep the same running averages."""
+    """The same LeNet with Flax's own nn.BatchNorm."""
 
-    # For data-parallel training (the page "Batch Normalization Across Devices"): the mapped axis
-    # over which the devices pool their batch statistics; None keeps each device's own.
+    # For data-parallel training (the page "Batch Normalization Across Devices"): the
+    # mapped axis over which the devices pool their batch statistics; None keeps each
+    # device's own.
     axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
-        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv1")(X)
+    def __call__(self, X, train=True):
+        X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn,
+                    name="conv1")(X)
         X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
                                     name="bn1")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
-        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn, name="conv2")(X)
+        X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn,
+                    name="conv2")(X)
         X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
                                     name="bn2")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
@@ -474,31 +462,23 @@ class Trainer:
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
-def batch_norm_variant(X: jax.Array, gamma: jax.Array, beta: jax.Array,
-                       running_mean: jax.Array, running_var: jax.Array, *, training: bool,
-                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
-                       divide_std: bool = True) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """:func:`batch_norm` with either half of the standardization switched off.
-
-    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
-    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
-    with both options on the result is the same. Returns ``(Y, new_running_mean,
-    new_running_var)``."""
-    _check_input(X, gamma, training)
+def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
+                       momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
+    """batch_norm with either half of the standardization switched off."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 1, 2)
     if training:
         mean = X.mean(axis=axes)
         var = ((X - mean) ** 2).mean(axis=axes)
-        new_mean = (1 - momentum) * running_mean + momentum * jax.lax.stop_gradient(mean)
-        new_var = (1 - momentum) * running_var + momentum * jax.lax.stop_gradient(var)
+        batch_mean, batch_var = jax.lax.stop_gradient((mean, var))
+        new_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        new_var = (1 - momentum) * running_var + momentum * batch_var
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
+        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = X - mean if subtract_mean else X
     if divide_std:
         X_hat = X_hat / jnp.sqrt(var + eps)
-    Y = gamma * X_hat + beta
-    return Y, new_mean, new_var
+    return (gamma * X_hat + beta).astype(dtype), new_mean, new_var
 
 
 class BatchNormVariant(nn.Module):
