@@ -12,6 +12,7 @@ from ._require import require
 
 require("tensorflow")
 
+import inspect  # noqa: E402
 from functools import partial  # noqa: E402
 from typing import Callable, Iterable, Optional  # noqa: E402
 
@@ -31,8 +32,14 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
 
 # --- Batch normalization from scratch ------------------------------------------------------------
 
-def _check_input(X: tf.Tensor, gamma: tf.Tensor, training: bool) -> None:
-    # Static shapes only: looking at values would make the host wait for the device at every step.
+def checked_input(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, running_mean: tf.Tensor,
+                  running_var: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.DType]:
+    """The checks of :func:`batch_norm`'s arguments, with errors that say what to do; returns
+    ``X``, in float32 if it is float16 or bfloat16, and the dtype of the output, float32 then, as
+    Keras' layer gives under its default float32 policy.
+
+    Static shapes only: looking at values would make the host wait for the device at every step.
+    """
     if not isinstance(X, tf.Tensor):
         raise TypeError(f"batch_norm expects a tf.Tensor, got {type(X).__name__}; convert "
                         f"it with tf.convert_to_tensor(X, dtype=tf.float32)")
@@ -58,157 +65,117 @@ def _check_input(X: tf.Tensor, gamma: tf.Tensor, training: bool) -> None:
             f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
             f"train with batches of at least 2, or switch to prediction mode (call the model "
             f"with training=False) to normalize with the running statistics.")
-
-
-def batch_norm(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
-               running_mean: tf.Tensor, running_var: tf.Tensor, *, training: bool,
-               momentum: float = 0.1, eps: float = 1e-5, unbiased_running_var: bool = False
-               ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Batch normalization of a 2-D (batch, features) or 4-D (batch, height, width, channels) input.
-
-    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
-
-    In training (``training=True``) each feature, or each channel over all its batch and spatial
-    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
-    ``gamma`` and shifted by ``beta``::
-
-        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
-        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
-
-    In prediction (``training=False``) the running statistics take the place of the batch ones and
-    are returned unchanged. The running statistics are kept out of the gradient (stop_gradient).
-
-    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
-    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
-
-    =============================  =========================  ===========================
-    layer                          its ``momentum`` means     ours = 0.1 is theirs
-    =============================  =========================  ===========================
-    ``torch.nn.BatchNorm2d``       weight of the new batch    ``momentum=0.1`` (default)
-    ``flax.linen.BatchNorm``       weight of the old average  ``momentum=0.9`` (default 0.99)
-    ``keras.layers.BatchNorm...``  weight of the old average  ``momentum=0.9`` (default 0.99)
-    ``mxnet.gluon.nn.BatchNorm``   weight of the old average  ``momentum=0.9`` (default 0.9)
-    =============================  =========================  ===========================
-
-    ``keras.layers.BatchNormalization`` also differs in its default ``epsilon``, 1e-3 (ours 1e-5).
-
-    ``unbiased_running_var=True`` feeds the running variance with the unbiased batch variance
-    (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does (Keras' layer keeps
-    the biased one, as we do by default); normalization in training always uses the biased one.
-
-    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
-    running statistics as they were instead of poisoning every later prediction (the built-in
-    layer lets it in); the Trainer reports the non-finite loss at the end of the epoch.
-
-    A float16 or bfloat16 input is normalized in float32, and the output is float32, as Keras'
-    layer gives under its default float32 policy.
-
-    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[-1]``.
-    """
-    _check_input(X, gamma, training)
     for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if tuple(t.shape) != tuple(gamma.shape):
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[-1]},)")
     if X.dtype in (tf.float16, tf.bfloat16):
         X = tf.cast(X, tf.float32)  # statistics in float16 would lose the mean's digits
-    # Channels last: a (C,) tensor broadcasts along the last axis as it is, no reshape needed.
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)
+    return X, X.dtype
+
+
+def finite_or_old(new: tuple, old: tuple) -> tuple:
+    """``new`` (the new running statistics) if every value in it is finite, else ``old``.
+
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (Keras' layer
+    lets it in); the Trainer reports the non-finite loss at the end of the epoch. Decided on the
+    device, inside ``tf.function`` too: the host does not wait for the device to look.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in new])
+    return tuple(tf.where(finite, t_new, t_old) for t_new, t_old in zip(new, old))
+
+
+def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
+               momentum=0.1, eps=1e-5, unbiased_running_var=False):
+    """Batch-normalize X; return Y and the new running mean and variance."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # channels last: (C,) broadcasts as is
     if training:
         mean = tf.reduce_mean(X, axis=axes)
         var = tf.reduce_mean(tf.square(X - mean), axis=axes)
-        n = tf.cast(tf.size(X) // tf.shape(X)[-1], X.dtype)
+        n = tf.cast(tf.size(X) // tf.shape(X)[-1], X.dtype)  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
-        new_var = (1 - momentum) * running_var + momentum * tf.stop_gradient(var_for_running)
-        # On the device, inside tf.function too: a non-finite batch keeps the old statistics.
-        finite = tf.reduce_all(tf.math.is_finite(new_mean)) & tf.reduce_all(
-            tf.math.is_finite(new_var))
-        new_mean = tf.where(finite, new_mean, running_mean)
-        new_var = tf.where(finite, new_var, running_var)
+        new_var = ((1 - momentum) * running_var
+                   + momentum * tf.stop_gradient(var_for_running))
+        new_mean, new_var = finite_or_old(
+            (new_mean, new_var), (running_mean, running_var))
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
+        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = (X - mean) / tf.sqrt(var + eps)
     Y = gamma * X_hat + beta
-    return Y, new_mean, new_var
+    return tf.cast(Y, dtype), new_mean, new_var
+
+
+def checked_num_dims(num_dims: int) -> int:
+    """``num_dims`` of :class:`BatchNorm`, which must be 2 or 4."""
+    if num_dims not in (2, 4):
+        raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                         f"convolution), got {num_dims!r}")
+    return num_dims
+
+
+def checked_layer_input(X: tf.Tensor, num_dims: int) -> tf.Tensor:
+    """``X``, the input of a :class:`BatchNorm` built with ``num_dims``, which must be its rank."""
+    if isinstance(X, tf.Tensor) and X.ndim != num_dims:
+        raise ValueError(f"this BatchNorm was built with num_dims={num_dims} but got a "
+                         f"{X.ndim}-D input of shape {tuple(X.shape)}: use "
+                         f"num_dims=2 after a fully connected layer, 4 after a convolution.")
+    return X
+
+
+def init_config(layer: layers.Layer) -> dict:
+    """``get_config`` of a layer that keeps each argument of its constructor in an attribute of
+    the same name: Keras' own configuration (name, dtype, ...) and those arguments, which Keras
+    saves with a model and passes back to the constructor to make the layer again."""
+    parameters = inspect.signature(type(layer).__init__).parameters.values()
+    names = [p.name for p in parameters if p.name != "self"
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {**layers.Layer.get_config(layer), **{name: getattr(layer, name) for name in names}}
 
 
 class BatchNorm(layers.Layer):
-    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+    """Batch normalization layer from scratch, built on batch_norm; channels last."""
 
-    Args:
-        num_features: outputs of the fully connected layer before it, or channels of the
-            convolution before it.
-        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
-            convolution (input (batch, height, width, channels)).
-        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`)::
-
-                running = (1 - momentum) * running + momentum * batch
-
-            Keras' ``BatchNormalization(momentum=m)`` is ours with ``momentum=1 - m``.
-        eps: added to the variance, so that a constant channel does not divide by zero.
-        unbiased_running_var: update the running variance as ``torch.nn.BatchNorm*d`` does.
-        **kwargs: Keras layer arguments (``name``, ``dtype``).
-
-    ``gamma`` and ``beta`` are trainable weights; ``running_mean`` and ``running_var`` are
-    non-trainable weights, so the model saves them and the optimizer leaves them alone. As the
-    sizes are given, the weights are created here rather than in ``build``. The mode is the
-    ``training`` argument of :meth:`call`: Keras passes it down from ``model(X, training=True)``;
-    left out (``None``), it means prediction.
-    """
-
-    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5, unbiased_running_var: bool = False, **kwargs):
+    def __init__(self, num_features, num_dims, *, momentum=0.1, eps=1e-5,
+                 unbiased_running_var=False, **kwargs):
         super().__init__(**kwargs)
-        if num_dims not in (2, 4):
-            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
-                             f"convolution), got {num_dims!r}")
-        self.num_features, self.num_dims = num_features, num_dims
-        self.momentum, self.eps, self.unbiased_running_var = momentum, eps, unbiased_running_var
+        self.num_features, self.num_dims = num_features, checked_num_dims(num_dims)
+        self.momentum, self.eps = momentum, eps
+        self.unbiased_running_var = unbiased_running_var
         shape = (num_features,)
         self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
-        self.running_mean = self.add_weight(shape=shape, initializer="zeros", trainable=False,
-                                            name="running_mean")
-        self.running_var = self.add_weight(shape=shape, initializer="ones", trainable=False,
-                                           name="running_var")
+        # Not trainable: the optimizer leaves them alone, but the model saves them.
+        self.running_mean = self.add_weight(shape=shape, initializer="zeros",
+                                            trainable=False, name="running_mean")
+        self.running_var = self.add_weight(shape=shape, initializer="ones",
+                                           trainable=False, name="running_var")
 
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        if isinstance(inputs, tf.Tensor) and inputs.ndim != self.num_dims:
-            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
-                             f"{inputs.ndim}-D input of shape {tuple(inputs.shape)}: use "
-                             f"num_dims=2 after a fully connected layer, 4 after a convolution.")
-        training = bool(training)
-        Y, mean, var = batch_norm(inputs, self.gamma, self.beta, self.running_mean,
-                                  self.running_var, training=training, momentum=self.momentum,
-                                  eps=self.eps, unbiased_running_var=self.unbiased_running_var)
+    def call(self, inputs, training=None):  # Keras passes model(X, training=...) down
+        X = checked_layer_input(inputs, self.num_dims)
+        Y, mean, var = batch_norm(X, self.gamma, self.beta, self.running_mean,
+                                  self.running_var, training=bool(training),
+                                  momentum=self.momentum, eps=self.eps,
+                                  unbiased_running_var=self.unbiased_running_var)
         if training:
             self.running_mean.assign(mean)
             self.running_var.assign(var)
         return Y
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "num_features": self.num_features,
-                "num_dims": self.num_dims, "momentum": self.momentum, "eps": self.eps,
-                "unbiased_running_var": self.unbiased_running_var}
+    get_config = init_config  # the constructor's arguments, which Keras saves
 
 
-def layer_norm(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
-               eps: float = 1e-5) -> tf.Tensor:
-    """Layer normalization (Ba et al., 2016) from scratch.
-
-    Each example is standardized over all its non-batch axes with its own mean and (biased)
-    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
-    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
-    """
+def layer_norm(X, gamma, beta, eps=1e-5):
+    """Layer normalization (Ba et al., 2016): each example on its own."""
     if X.ndim < 2:
-        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
-                         f"{tuple(X.shape)}; add a batch axis with X[None].")
-    if tuple(gamma.shape) != tuple(X.shape[1:]) or tuple(beta.shape) != tuple(X.shape[1:]):
-        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
-                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got "
+                         f"shape {tuple(X.shape)}; add a batch axis with X[None].")
+    shape = tuple(X.shape[1:])  # of one example
+    if tuple(gamma.shape) != shape or tuple(beta.shape) != shape:
+        raise ValueError(f"gamma and beta must have the shape of one example, {shape}; "
+                         f"got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
     axes = tuple(range(1, X.ndim))
     mean = tf.reduce_mean(X, axis=axes, keepdims=True)
     var = tf.reduce_mean(tf.square(X - mean), axis=axes, keepdims=True)
@@ -249,17 +216,17 @@ class Classifier(keras.Model):
         return keras.optimizers.SGD(learning_rate=float(self.lr))
 
 
-# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 24x24@6 -> 12x12@6
-# -> 8x8@16 -> 4x4@16, hence 4 * 4 * 16 = 256 inputs to the first dense layer. keras.Input gives
-# the input shape, so Keras builds every layer, weights included, as soon as the model exists.
+# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give
+# 24x24@6 -> 12x12@6 -> 8x8@16 -> 4x4@16, hence 4 * 4 * 16 = 256 inputs to the first
+# dense layer. keras.Input gives the input shape, so Keras builds every layer, weights
+# included, as soon as the model exists.
 _INPUT_SHAPE = (28, 28, 1)
 
 
 class BNLeNetScratch(Classifier):
-    """LeNet with our :class:`BatchNorm` after every convolution and dense layer but the last,
-    before the sigmoid. ``net.layers[1]`` is the first batch-normalization layer."""
+    """LeNet with our BatchNorm after each convolution and hidden dense layer."""
 
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = keras.Sequential([
@@ -275,14 +242,12 @@ class BNLeNetScratch(Classifier):
 
 
 class BNLeNet(Classifier):
-    """The same LeNet with Keras' own ``layers.BatchNormalization``, set to our momentum and eps:
-    its ``momentum=0.9`` (weight of the old average) is our 0.1, and ``epsilon=1e-5`` replaces
-    its default 1e-3, so that both models, in every framework, use the same settings."""
+    """The same LeNet with Keras' own layers.BatchNormalization."""
 
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
-        bn = dict(momentum=0.9, epsilon=1e-5)  # our momentum=0.1, eps=1e-5 in Keras' terms
+        bn = dict(momentum=0.9, epsilon=1e-5)  # our defaults, in Keras' terms
         self.net = keras.Sequential([
             keras.Input(shape=_INPUT_SHAPE),
             layers.Conv2D(6, kernel_size=5), layers.BatchNormalization(**bn),
@@ -291,7 +256,8 @@ class BNLeNet(Classifier):
             layers.Activation("sigmoid"), layers.AvgPool2D(pool_size=2, strides=2),
             layers.Flatten(), layers.Dense(120), layers.BatchNormalization(**bn),
             layers.Activation("sigmoid"),
-            layers.Dense(84), layers.BatchNormalization(**bn), layers.Activation("sigmoid"),
+            layers.Dense(84), layers.BatchNormalization(**bn),
+            layers.Activation("sigmoid"),
             layers.Dense(num_classes)])
 
 
@@ -426,17 +392,10 @@ class Trainer:
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
-def batch_norm_variant(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
-                       running_mean: tf.Tensor, running_var: tf.Tensor, *, training: bool,
-                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
-                       divide_std: bool = True) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """:func:`batch_norm` with either half of the standardization switched off.
-
-    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
-    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
-    with both options on the result is the same. Returns ``(Y, new_running_mean,
-    new_running_var)``."""
-    _check_input(X, gamma, training)
+def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
+                       momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
+    """batch_norm with either half of the standardization switched off."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 1, 2)
     if training:
         mean = tf.reduce_mean(X, axis=axes)
@@ -444,13 +403,12 @@ def batch_norm_variant(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
         new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
         new_var = (1 - momentum) * running_var + momentum * tf.stop_gradient(var)
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
+        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = X - mean if subtract_mean else X
     if divide_std:
         X_hat = X_hat / tf.sqrt(var + eps)
     Y = gamma * X_hat + beta
-    return Y, new_mean, new_var
+    return tf.cast(Y, dtype), new_mean, new_var
 
 
 class BatchNormVariant(layers.Layer):

@@ -72,18 +72,12 @@ def cpu_strategy(num_devices: int = 2) -> tf.distribute.MirroredStrategy:
 
 # --- The synchronized layer ----------------------------------------------------------------------
 
-def synchronize_batch_norm(model: d2l.Classifier) -> d2l.Classifier:
-    """``model`` with every ``layers.BatchNormalization`` of ``model.net`` replaced by one that
-    computes its training-mode statistics over all devices (``synchronized=True``), holding the
-    same weights and moving statistics; the other layers stay as they are.
-
-    Keras fixes ``synchronized`` when a layer is made, and ``BNLeNet`` makes its layers with the
-    default (False). Rather than change ``BNLeNet``, or set a layer's attribute behind its back,
-    this makes new layers from the old ones' configurations and swaps them in with
-    ``Sequential.pop`` and ``add``, the way Keras changes a Sequential's layers: assigning a new
-    network to ``model.net`` instead would leave the old one's weights among the model's (Keras
-    does not forget a layer once assigned). Call it inside ``strategy.scope()``, so that the new
-    variables are mirrored over the devices."""
+def synchronize_batch_norm(model):
+    """Swap every layers.BatchNormalization in model.net for a synchronized one."""
+    # Keras fixes `synchronized` when it makes a layer, so we make new layers from
+    # the old ones' configurations and swap them in with pop and add, as Keras changes
+    # a Sequential: a new network assigned to model.net would leave the old one's
+    # weights in the model. Inside strategy.scope(), the new variables are mirrored.
     net = model.net
     input_shape = net.input_shape
     stack = [net.pop(rebuild=False) for _ in range(len(net.layers))][::-1]
