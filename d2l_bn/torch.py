@@ -9,7 +9,7 @@ from ._require import require
 require("torch")
 
 from functools import partial  # noqa: E402
-from typing import Callable, Iterable, Optional  # noqa: E402
+from typing import Callable, Iterable, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -26,14 +26,24 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
+# What the chapter shows is the mathematics; the checks of the input, half precision and the guard
+# against non-finite batches live in the helpers below, which the shown code calls.
 
-def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Reshape a (C,) tensor to broadcast along axis 1 of a 2-D or 4-D input."""
-    return t.reshape((1, -1) + (1,) * (ndim - 2))
+def checked_input(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+                  running_mean: torch.Tensor, running_var: torch.Tensor,
+                  training: bool) -> tuple[torch.Tensor, torch.dtype]:
+    """Check the arguments of :func:`batch_norm`; return X to compute with, and Y's dtype.
 
+    Raises a TypeError or ValueError that says what to do for an input that is not a
+    ``torch.Tensor``, not floating point, not 2-D (batch, features) or 4-D (batch, channels,
+    height, width), whose axis 1 does not match gamma, or, in training, with fewer than 2 values
+    per channel; and for beta or running statistics whose shape is not gamma's, (C,).
+    Shapes only: looking at values would make the host wait for the device at every step.
 
-def _check_input(X: torch.Tensor, gamma: torch.Tensor, training: bool) -> None:
-    # Shapes only: looking at values would make the host wait for the device at every step.
+    A float16 or bfloat16 input is normalized in float32 and the output cast back to its dtype,
+    as ``nn.BatchNorm*d`` does; gamma, beta and the running statistics stay float32. So X comes
+    back in float32 when it is half precision, and the dtype to return Y in is the input's.
+    """
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"batch_norm expects a torch.Tensor, got {type(X).__name__}; convert "
                         f"it with torch.as_tensor(X, dtype=torch.float32)")
@@ -58,143 +68,112 @@ def _check_input(X: torch.Tensor, gamma: torch.Tensor, training: bool) -> None:
             f"(input shape {tuple(X.shape)}, e.g. a batch of one after a fully connected layer): "
             f"train with batches of at least 2, or switch to eval mode (model.eval(), "
             f"training=False) to normalize with the running statistics.")
-
-
-def batch_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-               running_mean: torch.Tensor, running_var: torch.Tensor, *, training: bool,
-               momentum: float = 0.1, eps: float = 1e-5, unbiased_running_var: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batch normalization of a 2-D (batch, features) or 4-D (batch, channels, height, width) input.
-
-    A pure function: it returns ``(Y, new_running_mean, new_running_var)`` and changes nothing.
-
-    In training (``training=True``) each feature, or each channel over all its batch and spatial
-    positions, is standardized with the minibatch mean and (biased) variance, then scaled by
-    ``gamma`` and shifted by ``beta``::
-
-        Y = gamma * (X - batch_mean) / sqrt(batch_var + eps) + beta
-        new_running_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_running_var  = (1 - momentum) * running_var  + momentum * batch_var
-
-    In prediction (``training=False``) the running statistics take the place of the batch ones and
-    are returned unchanged. The running statistics are not part of the autograd graph.
-
-    ``momentum`` is the weight of the NEW batch, PyTorch's convention and the one meaning of
-    ``momentum`` in every d2l_bn scratch layer. The built-in layers translate as follows:
-
-    ===================================  ========================  ===============================
-    built-in layer                       its ``momentum`` weights  our 0.1 is theirs
-    ===================================  ========================  ===============================
-    ``torch.nn.BatchNorm1d/2d``          the new batch             ``momentum=0.1`` (default)
-    ``flax.linen.BatchNorm``             the old average           ``momentum=0.9`` (default 0.99)
-    ``keras.layers.BatchNormalization``  the old average           ``momentum=0.9`` (default 0.99)
-    ``mxnet.gluon.nn.BatchNorm``         the old average           ``momentum=0.9`` (default)
-    ===================================  ========================  ===============================
-
-    ``unbiased_running_var=True`` feeds the running variance with the unbiased batch variance
-    (times n / (n - 1), n values per channel), as ``torch.nn.BatchNorm*d`` does; normalization in
-    training always uses the biased one.
-
-    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
-    running statistics as they were instead of poisoning every later prediction (the built-in
-    layers let it in); the Trainer reports the non-finite loss at the end of the epoch.
-
-    A float16 or bfloat16 input is normalized in float32 and the output cast back to its dtype,
-    as ``nn.BatchNorm*d`` does; gamma, beta and the running statistics stay float32.
-
-    gamma, beta, running_mean and running_var have shape (C,), C = ``X.shape[1]``.
-    """
-    _check_input(X, gamma, training)
     for name, t in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if t.shape != gamma.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, gamma {tuple(gamma.shape)}: "
                              f"all four must have shape ({X.shape[1]},)")
-    in_dtype = X.dtype
-    if in_dtype in (torch.float16, torch.bfloat16):
-        X = X.float()  # statistics in float16 would lose the mean's digits; cast back below
+    dtype = X.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        X = X.float()  # statistics in half precision would lose the mean's digits
+    return X, dtype
+
+
+def finite_or_old(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]
+                  ) -> tuple[torch.Tensor, ...]:
+    """``new`` if every value of the new statistics is finite, else ``old``.
+
+    A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
+    running statistics as they were instead of poisoning every later prediction (the built-in
+    layers let it in); the Trainer reports the non-finite loss at the end of the epoch. Decided on
+    the device, with ``torch.where``, without a host sync.
+    """
+    finite = torch.isfinite(new[0]).all()
+    for t in new[1:]:
+        finite = finite & torch.isfinite(t).all()
+    return tuple(torch.where(finite, n, o) for n, o in zip(new, old))
+
+
+def checked_num_dims(num_dims: int) -> int:
+    """``num_dims`` of a :class:`BatchNorm`, which must be 2 or 4."""
+    if num_dims not in (2, 4):
+        raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
+                         f"convolution), got {num_dims!r}")
+    return num_dims
+
+
+def check_layer_input(X: torch.Tensor, num_dims: int) -> None:
+    """Raise a ValueError if the tensor ``X`` is not ``num_dims``-D, as its :class:`BatchNorm`
+    was built for (what is not a tensor, :func:`batch_norm` rejects with its own message)."""
+    if isinstance(X, torch.Tensor) and X.ndim != num_dims:
+        raise ValueError(f"this BatchNorm was built with num_dims={num_dims} but got a "
+                         f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
+                         f"fully connected layer, 4 after a convolution.")
+
+
+def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
+               momentum=0.1, eps=1e-5, unbiased_running_var=False):
+    """Batch-normalize X; return Y and the new running mean and variance."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) + (1,) * (X.ndim - 2)  # a (C,) vector along axis 1
     if training:
         mean = X.mean(dim=axes)
-        var = ((X - _per_channel(mean, X.ndim)) ** 2).mean(dim=axes)
-        n = X.numel() // X.shape[1]
+        var = ((X - mean.reshape(shape)) ** 2).mean(dim=axes)
+        n = X.numel() // X.shape[1]  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
-        # On the device, without a host sync: a non-finite batch keeps the old statistics.
-        finite = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
-        new_mean = torch.where(finite, new_mean, running_mean)
-        new_var = torch.where(finite, new_var, running_var)
+        new_mean, new_var = finite_or_old(
+            (new_mean, new_var), (running_mean, running_var))
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
-    X_hat = (X - _per_channel(mean, X.ndim)) / torch.sqrt(_per_channel(var, X.ndim) + eps)
-    Y = _per_channel(gamma, X.ndim) * X_hat + _per_channel(beta, X.ndim)
-    return Y.to(in_dtype), new_mean, new_var
+        mean, var = new_mean, new_var = running_mean, running_var
+    X_hat = (X - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
+    Y = gamma.reshape(shape) * X_hat + beta.reshape(shape)
+    return Y.to(dtype), new_mean, new_var
 
 
 class BatchNorm(nn.Module):
-    """Batch normalization layer from scratch, built on :func:`batch_norm`.
+    """Batch normalization layer from scratch, built on batch_norm."""
 
-    Args:
-        num_features: outputs of the fully connected layer before it, or channels of the
-            convolution before it.
-        num_dims: 2 after a fully connected layer (input (batch, features)), 4 after a
-            convolution (input (batch, channels, height, width)).
-        momentum: weight of the new batch in the running statistics (see :func:`batch_norm`).
-        eps: added to the variance, so that a constant channel does not divide by zero.
-        unbiased_running_var: update the running variance as ``nn.BatchNorm*d`` does.
-
-    ``gamma`` and ``beta`` are parameters; ``running_mean`` and ``running_var`` are buffers, so
-    ``.to(device)`` moves them and ``state_dict()`` saves them. The mode is the module's own
-    ``self.training``, set by ``model.train()`` and ``model.eval()``.
-    """
-
-    def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5, unbiased_running_var: bool = False):
+    def __init__(self, num_features, num_dims, *, momentum=0.1, eps=1e-5,
+                 unbiased_running_var=False):
         super().__init__()
-        if num_dims not in (2, 4):
-            raise ValueError(f"num_dims must be 2 (after a fully connected layer) or 4 (after a "
-                             f"convolution), got {num_dims!r}")
-        self.num_features, self.num_dims = num_features, num_dims
-        self.momentum, self.eps, self.unbiased_running_var = momentum, eps, unbiased_running_var
+        self.num_features, self.num_dims = num_features, checked_num_dims(num_dims)
+        self.momentum, self.eps = momentum, eps
+        self.unbiased_running_var = unbiased_running_var
         self.gamma = nn.Parameter(torch.ones(num_features))
         self.beta = nn.Parameter(torch.zeros(num_features))
+        # Buffers, not plain attributes: .to(device) moves them, state_dict() saves them
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if isinstance(X, torch.Tensor) and X.ndim != self.num_dims:
-            raise ValueError(f"this BatchNorm was built with num_dims={self.num_dims} but got a "
-                             f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
-                             f"fully connected layer, 4 after a convolution.")
-        Y, mean, var = batch_norm(X, self.gamma, self.beta, self.running_mean, self.running_var,
-                                  training=self.training, momentum=self.momentum, eps=self.eps,
-                                  unbiased_running_var=self.unbiased_running_var)
+    def forward(self, X):
+        check_layer_input(X, self.num_dims)
+        Y, mean, var = batch_norm(
+            X, self.gamma, self.beta, self.running_mean, self.running_var,
+            training=self.training, momentum=self.momentum, eps=self.eps,
+            unbiased_running_var=self.unbiased_running_var)
         if self.training:
-            with torch.no_grad():  # in place, so the buffers stay the ones state_dict refers to
+            with torch.no_grad():  # in place: state_dict keeps the same buffers
                 self.running_mean.copy_(mean)
                 self.running_var.copy_(var)
         return Y
 
-    def extra_repr(self) -> str:
-        return (f"{self.num_features}, num_dims={self.num_dims}, momentum={self.momentum}, "
-                f"eps={self.eps}")
+    def extra_repr(self):
+        return (f"{self.num_features}, num_dims={self.num_dims}, "
+                f"momentum={self.momentum}, eps={self.eps}")
 
 
-def layer_norm(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-               eps: float = 1e-5) -> torch.Tensor:
-    """Layer normalization (Ba et al., 2016) from scratch.
-
-    Each example is standardized over all its non-batch axes with its own mean and (biased)
-    variance, then scaled and shifted elementwise by ``gamma`` and ``beta`` of shape
-    ``X.shape[1:]``. The same in training and prediction, and for any batch size.
-    """
+def layer_norm(X, gamma, beta, eps=1e-5):
+    """Layer normalization (Ba et al., 2016) from scratch."""
     if X.ndim < 2:
-        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, got shape "
-                         f"{tuple(X.shape)}; add a batch axis with X.unsqueeze(0).")
+        raise ValueError(f"layer_norm expects a batch of examples, at least 2-D, "
+                         f"got shape {tuple(X.shape)}; add a batch axis with "
+                         f"X.unsqueeze(0).")
     if gamma.shape != X.shape[1:] or beta.shape != X.shape[1:]:
-        raise ValueError(f"gamma and beta must have the shape of one example, {tuple(X.shape[1:])}"
-                         f"; got {tuple(gamma.shape)} and {tuple(beta.shape)}.")
+        raise ValueError(f"gamma and beta must have the shape of one example, "
+                         f"{tuple(X.shape[1:])}; got {tuple(gamma.shape)} and "
+                         f"{tuple(beta.shape)}.")
     axes = tuple(range(1, X.ndim))
     mean = X.mean(dim=axes, keepdim=True)
     var = ((X - mean) ** 2).mean(dim=axes, keepdim=True)
@@ -249,18 +228,17 @@ def init_cnn(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
 
 
-# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give 6@24x24 -> 6@12x12
-# -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first linear layer. The sizes are
-# written out rather than inferred by Lazy modules so the parameters exist as soon as the model
-# does (count them, print them, hand them to an optimizer).
+# LeNet on 28x28x1 images: 5x5 convolutions without padding and 2x2 pooling give
+# 6@24x24 -> 6@12x12 -> 16@8x8 -> 16@4x4, hence 16 * 4 * 4 = 256 inputs to the first
+# linear layer. Written out rather than inferred by Lazy modules, so that the parameters
+# exist as soon as the model does.
 _FLAT = 16 * 4 * 4
 
 
 class BNLeNetScratch(Classifier):
-    """LeNet with our :class:`BatchNorm` after every convolution and linear layer but the last,
-    before the sigmoid. ``net[1]`` is the first batch-normalization layer."""
+    """LeNet with our BatchNorm after every convolution and hidden linear layer."""
 
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = nn.Sequential(
@@ -268,15 +246,15 @@ class BNLeNetScratch(Classifier):
             nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
             nn.Conv2d(6, 16, kernel_size=5), BatchNorm(16, num_dims=4),
             nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-            nn.Flatten(), nn.Linear(_FLAT, 120), BatchNorm(120, num_dims=2), nn.Sigmoid(),
-            nn.Linear(120, 84), BatchNorm(84, num_dims=2), nn.Sigmoid(),
-            nn.Linear(84, num_classes))
+            nn.Flatten(), nn.Linear(_FLAT, 120), BatchNorm(120, num_dims=2),
+            nn.Sigmoid(), nn.Linear(120, 84), BatchNorm(84, num_dims=2),
+            nn.Sigmoid(), nn.Linear(84, num_classes))
 
 
 class BNLeNet(Classifier):
-    """The same LeNet with PyTorch's own ``nn.BatchNorm2d`` and ``nn.BatchNorm1d``."""
+    """The same LeNet with PyTorch's own nn.BatchNorm2d and nn.BatchNorm1d."""
 
-    def __init__(self, lr: float = 0.1, num_classes: int = 10):
+    def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = nn.Sequential(
@@ -389,31 +367,24 @@ class Trainer:
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
-def batch_norm_variant(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
-                       running_mean: torch.Tensor, running_var: torch.Tensor, *, training: bool,
-                       momentum: float = 0.1, eps: float = 1e-5, subtract_mean: bool = True,
-                       divide_std: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`batch_norm` with either half of the standardization switched off.
-
-    ``subtract_mean=False`` leaves out ``- mean``, ``divide_std=False`` the division by
-    ``sqrt(var + eps)``; the statistics, batch or running, are those of :func:`batch_norm`, and
-    with both options on the result is the same. Returns ``(Y, new_running_mean,
-    new_running_var)``."""
-    _check_input(X, gamma, training)
+def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
+                       momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
+    """batch_norm with either half of the standardization switched off."""
+    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) + (1,) * (X.ndim - 2)
     if training:
         mean = X.mean(dim=axes)
-        var = ((X - _per_channel(mean, X.ndim)) ** 2).mean(dim=axes)
+        var = ((X - mean.reshape(shape)) ** 2).mean(dim=axes)
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var.detach()
     else:
-        mean, var = running_mean, running_var
-        new_mean, new_var = running_mean, running_var
-    X_hat = X - _per_channel(mean, X.ndim) if subtract_mean else X
+        mean, var = new_mean, new_var = running_mean, running_var
+    X_hat = X - mean.reshape(shape) if subtract_mean else X
     if divide_std:
-        X_hat = X_hat / torch.sqrt(_per_channel(var, X.ndim) + eps)
-    Y = _per_channel(gamma, X.ndim) * X_hat + _per_channel(beta, X.ndim)
-    return Y, new_mean, new_var
+        X_hat = X_hat / torch.sqrt(var.reshape(shape) + eps)
+    Y = gamma.reshape(shape) * X_hat + beta.reshape(shape)
+    return Y.to(dtype), new_mean, new_var
 
 
 class BatchNormVariant(nn.Module):

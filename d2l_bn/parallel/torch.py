@@ -37,17 +37,32 @@ __all__ = ["SyncBatchNorm", "convert_sync_batch_norm", "launch", "data_parallel_
 
 # --- The synchronized layer ----------------------------------------------------------------------
 
+def check_sync_input(X: torch.Tensor) -> None:
+    """Raise a ValueError unless ``X`` is 2-D (batch, channels) or 4-D (batch, channels,
+    height, width), the input of :class:`SyncBatchNorm`."""
+    if X.ndim not in (2, 4):
+        raise ValueError(f"SyncBatchNorm expects (batch, channels) or (batch, channels, "
+                         f"height, width) input, got shape {tuple(X.shape)}")
+
+
+def checked_count(count: torch.Tensor) -> torch.Tensor:
+    """``count``, the values per channel over all workers, if it is at least 2, as the
+    statistics of a training-mode :class:`SyncBatchNorm` need; else a ValueError."""
+    if count < 2:
+        raise ValueError("SyncBatchNorm in training mode needs more than one value per "
+                         "channel over all workers; use a larger batch, or call eval()")
+    return count
+
+
+def all_sum(t):
+    """t summed over all workers, differentiably; t itself outside a process group."""
+    return all_reduce(t) if dist.is_initialized() else t
+
+
 class SyncBatchNorm(nn.Module):
-    """``nn.BatchNorm1d``/``2d`` whose training-mode statistics are those of the global batch: the
-    per-channel sums are added up over all workers with a differentiable ``all_reduce``, so the
-    gradients flow back through the other workers' statistics too. Outside a process group, or
-    in eval mode, it is plain batch normalization.
+    """nn.BatchNorm1d/2d whose training statistics are those of the global batch."""
 
-    The variance takes a second all-reduce, of the squared deviations from the global mean,
-    rather than E[x²] − E[x]², which loses precision in float32 when a mean is far from 0.
-    The running variance is unbiased, as PyTorch keeps it."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.weight = nn.Parameter(torch.ones(num_features))
@@ -55,34 +70,26 @@ class SyncBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
-        if X.ndim not in (2, 4):
-            raise ValueError(f"SyncBatchNorm expects (batch, channels) or (batch, channels, "
-                             f"height, width) input, got shape {tuple(X.shape)}")
+    def forward(self, X):
+        check_sync_input(X)
         shape = (1, -1) + (1,) * (X.ndim - 2)
         if not self.training:
             mean, var = self.running_mean, self.running_var
         else:
             dims = [0] + list(range(2, X.ndim))
-            count = torch.tensor(float(X.numel() // X.shape[1]))
-            total = self._sum(torch.cat([X.sum(dims), count.reshape(1)]))
-            count = total[-1]
-            mean = total[:-1] / count
-            var = self._sum(((X - mean.reshape(shape)) ** 2).sum(dims)) / count
-            if count < 2:
-                raise ValueError("SyncBatchNorm in training mode needs more than one value per "
-                                 "channel over all workers; use a larger batch, or call eval()")
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * count / (count - 1), self.momentum)
+            count = torch.tensor([float(X.numel() // X.shape[1])])
+            total = all_sum(torch.cat([X.sum(dims), count]))  # one all-reduce for both
+            mean, count = total[:-1] / total[-1], checked_count(total[-1])
+            # a second all-reduce, of the squared deviations from the global mean:
+            # E[x²] − E[x]² loses precision in float32 when a mean is far from 0
+            var = all_sum(((X - mean.reshape(shape)) ** 2).sum(dims)) / count
+            # the running variance unbiased, as PyTorch's layers keep it
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_((var * count / (count - 1)).detach(), self.momentum)
         X_hat = (X - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
         return self.weight.reshape(shape) * X_hat + self.bias.reshape(shape)
 
-    @staticmethod
-    def _sum(t: torch.Tensor) -> torch.Tensor:
-        return all_reduce(t) if dist.is_initialized() else t
-
-    def extra_repr(self) -> str:
+    def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
