@@ -168,7 +168,8 @@ lock: envs
 # Colab's versions of PyTorch, JAX and TensorFlow (colab-pytest), then the notebooks,
 # TEST_JOBS at a time, the tests and notebooks with TEST_THREADS threads per framework (two jobs of
 # one thread each keep a 2-core machine's cores busy without oversubscribing them). The lanes
-# shorten the set-up and pytest; the notebooks take about as long either way (README, Tests).
+# shorten the set-up and pytest; the notebooks take about as long either way (CONTRIBUTING.md,
+# "CI and its budget").
 # `make test TEST_JOBS=1 TEST_THREADS=` runs them one at a time with each framework's threads.
 TEST_JOBS ?= 2
 TEST_THREADS ?= 1
