@@ -250,9 +250,13 @@ class FashionMNIST:
         self.val = (arrays["test_images"], arrays["test_labels"])
         self.num_train, self.num_val = len(self.train[1]), len(self.val[1])
 
-    def get_dataloader(self, train: bool) -> Batches:
+    def get_dataloader(self, train: bool, *, shuffle: Optional[bool] = None) -> Batches:
+        """Batches of the training or the validation split. By default the training split is
+        shuffled, from ``self.rng``, anew at each ``iter()``; ``shuffle=False`` serves the stored
+        order and draws nothing from ``self.rng``, so it leaves the training run's epochs as
+        they would have been."""
         images, labels = self.train if train else self.val
-        return Batches(self, images, labels, shuffle=train)
+        return Batches(self, images, labels, shuffle=train if shuffle is None else shuffle)
 
     def train_dataloader(self) -> Batches:
         return self.get_dataloader(train=True)

@@ -14,7 +14,7 @@ from ._require import require
 require("jax")
 
 from functools import lru_cache, partial  # noqa: E402
-from typing import Any, Callable, Iterable, Sequence  # noqa: E402
+from typing import Any, Callable, Iterable, Optional, Sequence  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -24,6 +24,7 @@ import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
 from . import data as _data  # noqa: E402
+from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
@@ -426,7 +427,8 @@ class Trainer:
         self.history = History()
         self.state = None
 
-    def fit(self, model: Classifier, data) -> History:
+    def fit(self, model: Classifier, data, *,
+            after_epoch: Optional[Callable[[int], None]] = None) -> History:
         """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
         after every epoch. Returns the history (also ``self.history``)."""
         train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
@@ -450,7 +452,8 @@ class Trainer:
                 self.history, self.max_epochs, one_epoch,
                 lambda: evaluate(model, self.state, val_loader),
                 num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-                lr=getattr(model, "lr", None), report=self.report)
+                lr=getattr(model, "lr", None), report=self.report,
+                after_epoch=after_epoch)
 
     def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
         """Mean loss and accuracy of ``model``, with the variables of ``trainer.state``, over

@@ -21,6 +21,7 @@ from mxnet import autograd, gluon, init, np, npx  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
 from . import data as _data  # noqa: E402
+from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 # NumPy semantics for mxnet.np arrays and Gluon blocks. This switch is global state of the MXNet
@@ -376,7 +377,8 @@ class Trainer:
         self.ctx = mx.gpu(0) if use_gpu else mx.cpu()
         self.history = History()
 
-    def fit(self, model: Classifier, data) -> History:
+    def fit(self, model: Classifier, data, *,
+            after_epoch: Optional[Callable[[int], None]] = None) -> History:
         """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
         after every epoch. Returns the history (also ``self.history``)."""
         if self.seed is not None:
@@ -391,7 +393,8 @@ class Trainer:
             partial(train_epoch, model, optimizer, train_loader, self.ctx),
             partial(evaluate, model, val_loader, self.ctx),
             num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-            lr=getattr(model, "lr", None), report=self.report)
+            lr=getattr(model, "lr", None), report=self.report,
+            after_epoch=after_epoch)
 
     def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the

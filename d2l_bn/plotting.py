@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
@@ -35,6 +35,24 @@ def plot_history(history: Union[Mapping[str, Any], Any], ax: Optional[Axes] = No
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_ylim(bottom=0)
     ax.set_ylabel("loss / accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return ax
+
+
+def plot_curves(curves: Mapping[str, Sequence[float]], ylabel: str,
+                ax: Optional[Axes] = None) -> Axes:
+    """Draw per-epoch curves over each other, one line per entry of ``curves`` (its label), against
+    epochs 1, 2, ... Without ``ax``, a new pyplot figure is made; with one, only it is touched."""
+    if ax is None:
+        import matplotlib.pyplot as plt  # only here, as in plot_history
+
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), list(values), marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return ax

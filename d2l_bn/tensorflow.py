@@ -22,6 +22,7 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 from . import data as _data  # noqa: E402
+from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
@@ -360,7 +361,8 @@ class Trainer:
         self.device = "/GPU:0" if use_gpu else "/CPU:0"
         self.history = History()
 
-    def fit(self, model: Classifier, data) -> History:
+    def fit(self, model: Classifier, data, *,
+            after_epoch: Optional[Callable[[int], None]] = None) -> History:
         """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
         after every epoch. Returns the history (also ``self.history``)."""
         if self.seed is not None:
@@ -381,7 +383,8 @@ class Trainer:
                 partial(train_epoch, compiled_train_step, train_loader),
                 partial(evaluate, compiled_eval_step, val_loader),
                 num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-                lr=getattr(model, "lr", None), report=self.report)
+                lr=getattr(model, "lr", None), report=self.report,
+                after_epoch=after_epoch)
 
     def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the

@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from . import data as _data  # noqa: E402
+from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
@@ -343,7 +344,8 @@ class Trainer:
         self.device = torch.device("cuda:0" if use_gpu else "cpu")
         self.history = History()
 
-    def fit(self, model: Classifier, data) -> History:
+    def fit(self, model: Classifier, data, *,
+            after_epoch: Optional[Callable[[int], None]] = None) -> History:
         """Train ``model`` on ``data.train_dataloader()``, evaluating on ``data.val_dataloader()``
         after every epoch. Returns the history (also ``self.history``)."""
         if self.seed is not None:
@@ -357,7 +359,8 @@ class Trainer:
             partial(train_epoch, model, optimizer, train_loader, self.device),
             partial(evaluate, model, val_loader, self.device),
             num_batches=len(train_loader) if hasattr(train_loader, "__len__") else None,
-            lr=getattr(model, "lr", None), report=self.report)
+            lr=getattr(model, "lr", None), report=self.report,
+            after_epoch=after_epoch)
 
     def evaluate(self, model: Classifier, loader: Iterable) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` over ``loader``, in eval mode: e.g. on the training

@@ -184,14 +184,16 @@ def make_report(kind: "str | Report" = "auto") -> Report:
 
 def run_epochs(history: History, max_epochs: int, train_epoch: Callable[[Report], float],
                evaluate: Callable[[], tuple[float, float]], *, num_batches: Optional[int] = None,
-               lr: Optional[float] = None, report: "str | Report" = "auto") -> History:
+               lr: Optional[float] = None, report: "str | Report" = "auto",
+               after_epoch: Optional[Callable[[int], None]] = None) -> History:
     """Train for ``max_epochs``, appending each finished epoch to ``history``, and return it.
 
     ``history`` belongs to the caller (the trainer), so it keeps the epochs done so far however
     training ends. After each epoch the mean training loss, which ``train_epoch`` returns as a
     Python float, is checked; if it is NaN or infinite, :class:`TrainingDiverged` is raised before
     evaluating. A KeyboardInterrupt (Ctrl-C, or "interrupt the kernel") ends training with one line
-    of explanation instead of a traceback.
+    of explanation instead of a traceback. ``after_epoch(epoch)``, if given, runs after each epoch
+    is evaluated and recorded: e.g. to measure the model in another way between epochs.
     """
     reporter = make_report(report)
     reporter.start(max_epochs, num_batches)
@@ -204,6 +206,8 @@ def run_epochs(history: History, max_epochs: int, train_epoch: Callable[[Report]
                 raise TrainingDiverged(epoch, train_loss, lr, history)
             val_loss, val_acc = evaluate()
             history.append(epoch, train_loss, float(val_loss), float(val_acc))
+            if after_epoch is not None:
+                after_epoch(epoch)
             reporter.epoch_done(history)
     except KeyboardInterrupt:
         reporter.close()  # first, so that the bar does not cut through the message

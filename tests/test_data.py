@@ -323,6 +323,23 @@ def test_shuffling_is_seeded(fashion_mnist_root, cache, arrays):
     assert not np.array_equal(two_epochs(1)[0], first)
 
 
+def test_unshuffled_training_batches_leave_the_epochs_as_they_were(fashion_mnist_root, cache,
+                                                                   arrays):
+    def first_two_epochs(extra_pass):
+        data = FashionMNIST(1000, root=fashion_mnist_root, cache_dir=cache, seed=0)
+        first = epoch(data.train_dataloader())
+        if extra_pass:  # e.g. recomputing statistics between epochs
+            stored = epoch(data.get_dataloader(train=True, shuffle=False))
+            assert np.array_equal(stored, arrays["train_labels"])
+        return first, epoch(data.train_dataloader())
+
+    assert all(np.array_equal(a, b) for a, b in zip(first_two_epochs(False),
+                                                     first_two_epochs(True)))
+    data = FashionMNIST(1000, root=fashion_mnist_root, cache_dir=cache, seed=0)
+    assert not np.array_equal(epoch(data.get_dataloader(train=False, shuffle=True)),
+                              arrays["test_labels"])
+
+
 def test_to_tensors_hook_converts_every_batch(fashion_mnist_root, cache):
     class Tagged(FashionMNIST):
         def to_tensors(self, X, y):

@@ -6,7 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from d2l_bn import training
-from d2l_bn.plotting import plot_history
+from d2l_bn.plotting import plot_curves, plot_history
 from d2l_bn.training import History, TrainingDiverged, run_epochs
 
 
@@ -38,6 +38,14 @@ def test_history_has_one_entry_per_epoch():
     assert history.epoch == [1, 2, 3] and history.train_loss == [2.0, 1.0, 0.5]
     assert history.val_loss == [2.1, 1.1, 0.6] and history.val_acc == [0.5] * 3
     assert calls == {"train": 3, "evaluate": 3, "batches": 9}
+
+
+def test_after_epoch_runs_once_each_epoch_after_it_is_recorded():
+    train_epoch, evaluate, _ = fake_epochs([2.0, 1.0, 0.5])
+    history, seen = History(), []
+    run_epochs(history, 3, train_epoch, evaluate, report="none",
+               after_epoch=lambda epoch: seen.append((epoch, len(history))))
+    assert seen == [(1, 1), (2, 2), (3, 3)]
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
@@ -163,3 +171,13 @@ def test_history_repr_is_one_line():
     history.append(2, 0.5, 0.75, 0.875)
     assert repr(history) == ("History(2 epochs; epoch 2: train_loss 0.5000, val_loss 0.7500, "
                              "val_acc 0.8750)")
+
+
+def test_plot_curves_draws_one_labelled_line_per_curve():
+    ax = Figure().subplots()
+    assert plot_curves({"with BN": [0.5, 0.7, 0.8], "without BN": [0.1, 0.1, 0.3]},
+                       "validation accuracy", ax=ax) is ax
+    assert [line.get_label() for line in ax.get_lines()] == ["with BN", "without BN"]
+    assert list(ax.get_lines()[1].get_xdata()) == [1, 2, 3]
+    assert list(ax.get_lines()[1].get_ydata()) == [0.1, 0.1, 0.3]
+    assert ax.get_ylabel() == "validation accuracy"
