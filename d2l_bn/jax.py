@@ -24,7 +24,7 @@ import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
 from . import data as _data  # noqa: E402
-from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
+from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",

@@ -21,7 +21,7 @@ from mxnet import autograd, gluon, init, np, npx  # noqa: E402
 from mxnet.gluon import nn  # noqa: E402
 
 from . import data as _data  # noqa: E402
-from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
+from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 # NumPy semantics for mxnet.np arrays and Gluon blocks. This switch is global state of the MXNet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
@@ -56,3 +57,36 @@ def plot_curves(curves: Mapping[str, Sequence[float]], ylabel: str,
     ax.grid(True, alpha=0.3)
     ax.legend()
     return ax
+
+
+def plot_shared_statistics(shared: Mapping[str, Any], layout: str = "NCHW") -> None:
+    """Draw, for each normalization, which values of a small 4-D batch share one mean and variance.
+
+    ``shared`` maps a name to a boolean array (of any framework, convertible by NumPy) of the
+    batch's shape, True where a value pools its statistics with the first value; ``layout`` is the
+    order of its axes, "NCHW" or "NHWC". Each panel is a grid of examples (rows) by channels
+    (columns); each cell of it holds that channel's H x W values of that example.
+    """
+    import matplotlib.pyplot as plt  # only here, as in plot_history
+
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    fig, axes = plt.subplots(1, len(shared), figsize=(3 * len(shared), 2.4), squeeze=False)
+    for ax, (name, mask) in zip(axes[0], shared.items()):
+        mask = np.asarray(mask, dtype=bool)
+        if layout == "NHWC":
+            mask = mask.transpose(0, 3, 1, 2)
+        n, c, h, w = mask.shape
+        # (N, C, H, W) -> an image of N rows of C patches of H x W pixels
+        image = mask.transpose(0, 2, 1, 3).reshape(n * h, c * w)
+        ax.imshow(image, cmap="Blues", vmin=-0.3, vmax=1.2, interpolation="nearest")
+        ax.set_xticks(np.arange(c) * w + (w - 1) / 2, labels=range(c))
+        ax.set_yticks(np.arange(n) * h + (h - 1) / 2, labels=range(n))
+        ax.set_xticks(np.arange(1, c) * w - 0.5, minor=True)
+        ax.set_yticks(np.arange(1, n) * h - 0.5, minor=True)
+        ax.grid(which="minor", color="white", linewidth=2)
+        ax.tick_params(which="minor", length=0)
+        ax.set_xlabel("channel")
+        ax.set_title(f"{name}: {int(mask.sum())} values")
+    axes[0][0].set_ylabel("example")
+    fig.tight_layout()

@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
 
 from . import data as _data  # noqa: E402
-from .plotting import plot_curves  # noqa: E402,F401 (d2l.plot_curves in the chapter)
+from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",

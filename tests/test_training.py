@@ -181,3 +181,24 @@ def test_plot_curves_draws_one_labelled_line_per_curve():
     assert list(ax.get_lines()[1].get_xdata()) == [1, 2, 3]
     assert list(ax.get_lines()[1].get_ydata()) == [0.1, 0.1, 0.3]
     assert ax.get_ylabel() == "validation accuracy"
+
+
+def test_plot_shared_statistics_draws_the_same_grid_for_either_layout():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from d2l_bn.plotting import plot_shared_statistics
+
+    mask = np.zeros((3, 6, 4, 4), dtype=bool)
+    mask[:, 0] = True  # batch normalization's pool of channel 0
+    images = []
+    for layout, array in (("NCHW", mask), ("NHWC", mask.transpose(0, 2, 3, 1))):
+        plot_shared_statistics({"batch": array}, layout=layout)
+        ax = plt.gcf().axes[0]
+        images.append(ax.get_images()[0].get_array())
+        assert ax.get_title() == "batch: 48 values"
+        plt.close("all")
+    assert images[0].shape == (3 * 4, 6 * 4) and np.array_equal(images[0], images[1])
+    assert images[0][:, :4].all() and not images[0][:, 4:].any()  # channel 0, every example
+    with pytest.raises(ValueError, match="layout"):
+        plot_shared_statistics({"batch": mask}, layout="CHWN")
