@@ -482,9 +482,9 @@ def perturbed_state(model, X, seed: int = 0) -> d2l.TrainState:
     variables = model.apply_init([X[:1]], jax.random.PRNGKey(seed))
     leaves, tree = jax.tree_util.tree_flatten(variables["params"])
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [
-        leaf * (1 + 0.3 * jax.random.normal(key, leaf.shape)) + 0.1 * jax.random.normal(key, leaf.shape)
-        for leaf, key in zip(leaves, keys)])
+    noise = [jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+    params = jax.tree_util.tree_unflatten(
+        tree, [leaf * (1 + 0.3 * z) + 0.1 * z for leaf, z in zip(leaves, noise)])
     batch_stats = jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, 1e3),
                                          variables["batch_stats"])
     return d2l.TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
@@ -553,12 +553,14 @@ def short_fit(root, *, after_epoch=None, epochs=2):
 def test_recomputed_val_accuracy_changes_nothing(fashion_mnist_root):
     trainer, _ = short_fit(fashion_mnist_root, epochs=1)
     state = trainer.state
-    before = jax.device_get((state.params, state.batch_stats, state.opt_state, state.step))
+    # copies (on the CPU a device_get may share the array's buffer)
+    before = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True),
+                                    (state.params, state.batch_stats, state.opt_state, state.step))
     data = FixedBatches(bright_batches(3, batch_size=64))
     accuracy = d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(lr=0.5), data,
                                            num_batches=3)
     assert trainer.state is state
-    after = jax.device_get((state.params, state.batch_stats, state.opt_state, state.step))
+    after = (state.params, state.batch_stats, state.opt_state, state.step)
     jax.tree_util.tree_map(np.testing.assert_array_equal, after, before)  # bit for bit
     # It is the accuracy with the recomputed statistics, not with the running ones.
     expected = d2l.recompute_statistics(d2l.BNLeNetScratch(lr=0.5), state, data, 3)
