@@ -13,6 +13,7 @@ from ._require import require
 
 require("jax")
 
+import dataclasses  # noqa: E402
 from functools import lru_cache, partial  # noqa: E402
 from typing import Any, Callable, Iterable, Optional, Sequence  # noqa: E402
 
@@ -29,6 +30,7 @@ from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E40
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged",
+           "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
            "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
@@ -254,21 +256,24 @@ def init_cnn(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> 
 class BNLeNetScratch(Classifier):
     """LeNet with our BatchNorm before each sigmoid; layers conv1, bn1, ..., fc3."""
 
+    momentum: float = 0.1  # passed to every BatchNorm, so that a clone can change it
+
     @nn.compact
     def __call__(self, X, train=True):
+        norm = partial(BatchNorm, momentum=self.momentum)
         X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn,
                     name="conv1")(X)
-        X = nn.sigmoid(BatchNorm(6, num_dims=4, name="bn1")(X, train))
+        X = nn.sigmoid(norm(6, num_dims=4, name="bn1")(X, train))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn,
                     name="conv2")(X)
-        X = nn.sigmoid(BatchNorm(16, num_dims=4, name="bn2")(X, train))
+        X = nn.sigmoid(norm(16, num_dims=4, name="bn2")(X, train))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = X.reshape((X.shape[0], -1))  # flatten
         X = nn.Dense(120, kernel_init=init_cnn, name="fc1")(X)
-        X = nn.sigmoid(BatchNorm(120, num_dims=2, name="bn3")(X, train))
+        X = nn.sigmoid(norm(120, num_dims=2, name="bn3")(X, train))
         X = nn.Dense(84, kernel_init=init_cnn, name="fc2")(X)
-        X = nn.sigmoid(BatchNorm(84, num_dims=2, name="bn4")(X, train))
+        X = nn.sigmoid(norm(84, num_dims=2, name="bn4")(X, train))
         return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
 
 
@@ -461,6 +466,51 @@ class Trainer:
         ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
         with jax.default_device(self.device):
             return evaluate(model, self.state, loader)
+
+
+# --- Recomputed statistics (the chapter's "Moving Averages or Recomputed Statistics") ---------
+
+# The chapter shows recompute_statistics; recomputed_val_accuracy is what its training cell calls
+# after each epoch. Nothing here changes a state: JAX arrays are immutable, and a new TrainState
+# is returned, so the trainer's state, and a training run that measures between its epochs, go
+# on exactly as they would have.
+
+def recompute_statistics(model, state, data, num_batches=100):
+    """The state, with each BatchNorm's statistics averaged over training batches."""
+    batch_stats = state.batch_stats
+    batches = data.get_dataloader(train=True, shuffle=False)  # leaves data.rng alone
+    for k, (X, _) in zip(range(1, num_batches + 1), batches):
+        # training mode, no parameter update; momentum 1/k averages the first k batches
+        variables = {"params": state.params, "batch_stats": batch_stats}
+        _, updates = model.clone(momentum=1 / k).apply(
+            variables, X, train=True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    return state.replace(batch_stats=batch_stats)
+
+
+def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
+                            num_batches: int = 100) -> float:
+    """Validation accuracy of ``model`` with the parameters of ``trainer.state`` and running
+    statistics recomputed by :func:`recompute_statistics` from ``num_batches`` training
+    minibatches, in stored order.
+
+    The trainer's state is left as it was, bit for bit, and ``data.rng`` is not drawn from, so
+    a ``trainer.fit`` that calls this from ``after_epoch`` trains exactly as without it. The model
+    needs a ``momentum`` field that it passes to each of its BatchNorm layers, as
+    :class:`BNLeNetScratch` has.
+    """
+    if trainer.state is None:
+        raise ValueError("the trainer has no state yet: call trainer.fit(model, data) first "
+                         "(or call this from its after_epoch)")
+    if "momentum" not in {field.name for field in dataclasses.fields(model)}:
+        raise TypeError(f"{type(model).__name__} has no momentum field: recompute_statistics "
+                        f"changes the momentum of the model's BatchNorm layers through a "
+                        f"field that passes it to them, as BNLeNetScratch has")
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+    with jax.default_device(trainer.device):
+        state = recompute_statistics(model, trainer.state, data, num_batches)
+        return evaluate(model, state, data.val_dataloader())[1]
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------

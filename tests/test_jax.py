@@ -3,6 +3,7 @@ and the Trainer (a short run on real Fashion-MNIST, seeding, divergence, Ctrl-C,
 The equivalence with the built-in layer and the float64 reference is in test_equivalence_*.py."""
 
 import itertools
+from functools import partial
 
 import flax
 import flax.linen as nn
@@ -288,6 +289,18 @@ def test_both_models_keep_the_same_running_averages():
     np.testing.assert_allclose(ours_var, flax_var, rtol=1e-4)  # Flax's fast variance
 
 
+def test_lenet_without_bn_starts_from_the_weights_of_bn_lenet():
+    # The chapter's "Without Batch Normalization" trains NormLeNet(norms=(None,) * 4) with the
+    # seed of BNLeNetScratch: Flax draws each layer's initial weights from the key and the
+    # layer's name, so the layers the two nets share start equal.
+    X = jnp.zeros((1, 28, 28, 1))
+    with_bn = d2l.BNLeNetScratch().apply_init([X], jax.random.PRNGKey(0))["params"]
+    without = d2l.NormLeNet(norms=(None,) * 4).apply_init([X], jax.random.PRNGKey(0))["params"]
+    assert set(without) == {"conv1", "conv2", "fc1", "fc2", "fc3"}
+    for layer in without:
+        jax.tree_util.tree_map(np.testing.assert_array_equal, without[layer], with_bn[layer])
+
+
 def test_apply_init_uses_xavier_and_keeps_running_stats():
     model = d2l.BNLeNetScratch()
     X = jnp.asarray(np.random.default_rng(15).random((8, 28, 28, 1), np.float32)) * 5
@@ -334,6 +347,10 @@ class Slice:
 
     def val_dataloader(self):
         return Take(self.data.val_dataloader(), self.num_val)
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        return Take(self.data.get_dataloader(train, shuffle=shuffle),
+                    self.num_train if train else self.num_val)
 
 
 def short_run(root, cls=d2l.BNLeNet, epochs=3, lr=0.5):
@@ -442,3 +459,147 @@ def test_num_gpus_0_trains_on_the_cpu():
 def test_num_gpus_1_trains_on_the_gpu(fashion_mnist_root):
     trainer, history = short_run(fashion_mnist_root, epochs=1)
     assert trainer.device.platform == "gpu" and len(history) == 1
+
+
+# --- Recomputed statistics -----------------------------------------------------------------------
+
+class FixedBatches:
+    """A data module that serves the same list of batches from each of its loaders."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        return list(self.batches)
+
+    def val_dataloader(self):
+        return self.get_dataloader(False)
+
+
+def perturbed_state(model, X, seed: int = 0) -> d2l.TrainState:
+    """A TrainState of ``model`` with parameters away from their initial values (gamma not 1,
+    beta not 0) and running statistics of 1000, far from any batch's."""
+    variables = model.apply_init([X[:1]], jax.random.PRNGKey(seed))
+    leaves, tree = jax.tree_util.tree_flatten(variables["params"])
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    noise = [jax.random.normal(key, leaf.shape) for leaf, key in zip(leaves, keys)]
+    params = jax.tree_util.tree_unflatten(
+        tree, [leaf * (1 + 0.3 * z) + 0.1 * z for leaf, z in zip(leaves, noise)])
+    batch_stats = jax.tree_util.tree_map(lambda leaf: jnp.full_like(leaf, 1e3),
+                                         variables["batch_stats"])
+    return d2l.TrainState.create(apply_fn=model.apply, params=params, batch_stats=batch_stats,
+                                 tx=model.configure_optimizers())
+
+
+def bright_batches(num_batches: int, batch_size: int = 16) -> list:
+    """Random images, batch k (from 0) scaled by 1 + k: every batch has other statistics."""
+    rng = np.random.default_rng(20)
+    return [(jnp.asarray(rng.random((batch_size, 28, 28, 1), np.float32) * (1 + k)),
+             jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32))
+            for k in range(num_batches)]
+
+
+# Each BatchNorm of BNLeNetScratch and the layer whose output it normalizes.
+BN_INPUTS = {"bn1": "conv1", "bn2": "conv2", "bn3": "fc1", "bn4": "fc2"}
+
+
+def batch_statistics(model, state, X) -> dict:
+    """Each BatchNorm's per-channel mean and biased variance of ``X``'s batch, in float64, from
+    its input in training mode (the output of the layer before it)."""
+    _, out = model.apply({"params": state.params, "batch_stats": state.batch_stats}, X,
+                         train=True, capture_intermediates=True,
+                         mutable=["batch_stats", "intermediates"])
+    statistics = {}
+    for bn, layer in BN_INPUTS.items():
+        Z = np.asarray(out["intermediates"][layer]["__call__"][0], np.float64)
+        axes = tuple(range(Z.ndim - 1))  # every axis but the channels
+        statistics[bn] = (Z.mean(axis=axes), Z.var(axis=axes))
+    return statistics
+
+
+def test_recomputed_statistics_are_the_mean_of_the_batch_statistics():
+    model = d2l.BNLeNetScratch(lr=0.1)
+    batches = bright_batches(6)
+    state = perturbed_state(model, batches[0][0])
+    recomputed = d2l.recompute_statistics(model, state, FixedBatches(batches), num_batches=4)
+    per_batch = [batch_statistics(model, state, X) for X, _ in batches[:4]]  # the first 4 only
+    for bn in BN_INPUTS:
+        mean = np.mean([statistics[bn][0] for statistics in per_batch], axis=0)
+        var = np.mean([statistics[bn][1] for statistics in per_batch], axis=0)
+        # the batches differ: a moving average, or the last batch alone, would not pass
+        assert np.abs(per_batch[-1][bn][1] - var).max() > 0.01 * var.max()
+        # (and the initial 1000s leave no trace: momentum 1 at the first batch)
+        got = recomputed.batch_stats[bn]
+        np.testing.assert_allclose(got["running_mean"], mean, rtol=1e-5,
+                                   atol=1e-6 * np.abs(mean).max())
+        np.testing.assert_allclose(got["running_var"], var, rtol=1e-5, atol=0)
+    # Training mode without an update: the parameters and the step are the state's own.
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda a, b: a is b, recomputed.params, state.params))
+    assert recomputed.step is state.step and recomputed.opt_state is state.opt_state
+    # The state itself is unchanged (a new one is returned).
+    assert float(state.batch_stats["bn1"]["running_mean"][0]) == 1e3
+
+
+def short_fit(root, *, after_epoch=None, epochs=2):
+    data = Slice(d2l.FashionMNIST(batch_size=64, root=root, seed=0), num_train=40, num_val=20)
+    trainer = d2l.Trainer(max_epochs=epochs, num_gpus=1, seed=0, report="none")
+    model = d2l.BNLeNetScratch(lr=0.5)
+    if after_epoch is not None:
+        after_epoch = partial(after_epoch, trainer, model, data)
+    return trainer, trainer.fit(model, data, after_epoch=after_epoch)
+
+
+def test_recomputed_val_accuracy_changes_nothing(fashion_mnist_root):
+    trainer, _ = short_fit(fashion_mnist_root, epochs=1)
+    state = trainer.state
+    # copies (on the CPU a device_get may share the array's buffer)
+    before = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True),
+                                    (state.params, state.batch_stats, state.opt_state, state.step))
+    data = FixedBatches(bright_batches(3, batch_size=64))
+    accuracy = d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(lr=0.5), data,
+                                           num_batches=3)
+    assert trainer.state is state
+    after = (state.params, state.batch_stats, state.opt_state, state.step)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, after, before)  # bit for bit
+    # It is the accuracy with the recomputed statistics, not with the running ones.
+    expected = d2l.recompute_statistics(d2l.BNLeNetScratch(lr=0.5), state, data, 3)
+    assert accuracy == d2l.evaluate(d2l.BNLeNetScratch(lr=0.5), expected, data.val_dataloader())[1]
+    assert 0 <= accuracy <= 1
+
+
+def test_recording_recomputed_accuracy_leaves_the_training_run_as_it_was(fashion_mnist_root):
+    recorded = []
+
+    def record(trainer, model, data, epoch):
+        recorded.append(d2l.recomputed_val_accuracy(trainer, model, data, num_batches=5))
+
+    trainer, history = short_fit(fashion_mnist_root, after_epoch=record)
+    plain_trainer, plain = short_fit(fashion_mnist_root)
+    assert history == plain and len(recorded) == 2  # same shuffling, same updates
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(trainer.state.params),
+                           jax.device_get(plain_trainer.state.params))
+    # the measurement measured something: above chance, and not the running statistics' accuracy
+    assert min(recorded) > 0.3 and recorded != history.val_acc
+
+
+def test_recomputed_val_accuracy_needs_a_momentum_field_and_a_state():
+    data = FixedBatches(bright_batches(2))
+    with pytest.raises(ValueError, match="trainer.fit"):
+        d2l.recomputed_val_accuracy(d2l.Trainer(max_epochs=1), d2l.BNLeNetScratch(), data)
+    trainer = d2l.Trainer(max_epochs=1, report="none")
+    trainer.fit(d2l.BNLeNet(lr=0.5), Scripted())
+    with pytest.raises(TypeError, match="BNLeNet has no momentum field"):
+        d2l.recomputed_val_accuracy(trainer, d2l.BNLeNet(lr=0.5), data)
+    with pytest.raises(ValueError, match="num_batches must be a positive int"):
+        d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(lr=0.5), data, num_batches=0)
+
+
+def test_fit_calls_after_epoch_once_per_epoch_with_the_current_state():
+    data = Scripted()
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    seen = []
+    history = trainer.fit(d2l.BNLeNetScratch(lr=0.5), data, after_epoch=lambda epoch: seen.append(
+        (epoch, len(trainer.history), int(trainer.state.step))))
+    assert seen == [(1, 1, 4), (2, 2, 8), (3, 3, 12)]  # 4 batches per epoch
+    assert len(history) == 3
