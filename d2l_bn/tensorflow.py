@@ -27,6 +27,7 @@ from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E40
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
            "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
            "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
@@ -391,6 +392,43 @@ class Trainer:
         training data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
         with tf.device(self.device):
             return evaluate(tf.function(partial(eval_step, model), jit_compile=True), loader)
+
+
+# --- Recomputed statistics (the chapter's "Moving Averages or Recomputed Statistics") ---------
+
+def recompute_statistics(model, data, num_batches=100):
+    """Set each BatchNorm's running statistics to their mean over training batches."""
+    bns = [layer for layer in model.net.layers if hasattr(layer, 'running_mean')]
+    momenta = [bn.momentum for bn in bns]
+    loader = data.get_dataloader(train=True, shuffle=False)
+    for k, (X, _) in zip(range(1, num_batches + 1), loader):
+        for bn in bns:
+            bn.momentum = 1 / k  # makes the running average the mean of k batches
+        model(X, training=True)  # no gradient step: only the statistics change
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
+                            num_batches: int = 100) -> float:
+    """Validation accuracy of ``model`` with the running statistics of its scratch batch-norm
+    layers recomputed by :func:`recompute_statistics` from ``num_batches`` training minibatches.
+
+    The model is left exactly as it was: its running statistics are saved first and restored
+    afterwards, bit for bit, and recomputing draws nothing from ``data.rng`` and takes no gradient
+    step. So it can be called between epochs (``trainer.fit(..., after_epoch=...)``) without
+    changing the training run.
+    """
+    statistics = [v for layer in model.net.layers if hasattr(layer, "running_mean")
+                  for v in (layer.running_mean, layer.running_var)]
+    saved = [v.numpy().copy() for v in statistics]
+    try:
+        with tf.device(trainer.device):
+            recompute_statistics(model, data, num_batches)
+        return trainer.evaluate(model, data.val_dataloader())[1]
+    finally:
+        for v, value in zip(statistics, saved):
+            v.assign(value)
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------

@@ -442,3 +442,111 @@ def test_num_gpus_0_trains_on_the_cpu():
 def test_num_gpus_1_trains_on_the_gpu(fashion_mnist_root):
     trainer, history = short_run(fashion_mnist_root, epochs=1)
     assert trainer.device == "/GPU:0" and len(history) == 1
+
+
+# --- Recomputed statistics -----------------------------------------------------------------------
+
+class ScriptedWithLoader(ScriptedData):
+    """ScriptedData with the loader recompute_statistics asks for: the same batches, in order."""
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        assert train and shuffle is False  # training batches that draw nothing from a generator
+        return self.val_dataloader()
+
+
+def scripted_with_loader(num_batches=4):
+    return ScriptedWithLoader((16, 28, 28, 1), lambda X, y: (tf.constant(X), tf.constant(y)),
+                              num_batches=num_batches)
+
+
+def scratch_bns(model) -> list:
+    return [layer for layer in model.net.layers if isinstance(layer, d2l.BatchNorm)]
+
+
+def test_recompute_statistics_averages_the_batch_statistics():
+    keras.utils.set_random_seed(0)
+    model, data = d2l.BNLeNetScratch(), scripted_with_loader(num_batches=4)
+    rng = np.random.default_rng(0)
+    for bn in scratch_bns(model):  # garbage that the recomputation must discard
+        randomize(bn, rng)
+        bn.running_mean.assign(rng.standard_normal(bn.running_mean.shape) * 10)
+        bn.running_var.assign(rng.uniform(5, 10, size=bn.running_var.shape))
+    # Expected: each layer's input, batch by batch, through the layers in training mode
+    # (which the batch statistics, not the running ones, normalize), in float64.
+    means, variances = [], []
+    for X, _ in list(data.get_dataloader(train=True, shuffle=False))[:3]:
+        means.append([]), variances.append([])
+        for layer in model.net.layers:
+            if isinstance(layer, d2l.BatchNorm):
+                X64, axes = X.numpy().astype(np.float64), reduce_axes(X)
+                means[-1].append(X64.mean(axis=axes))
+                variances[-1].append(X64.var(axis=axes))
+            X = layer(X, training=True)
+    d2l.recompute_statistics(model, data, num_batches=3)  # of 4 batches: the first 3
+    for i, bn in enumerate(scratch_bns(model)):
+        expected_mean = np.mean([batch[i] for batch in means], axis=0)
+        expected_var = np.mean([batch[i] for batch in variances], axis=0)
+        assert_close(bn.running_mean.numpy(), expected_mean, atol=1e-6)
+        assert_close(bn.running_var.numpy(), expected_var, atol=1e-6)
+        assert bn.momentum == 0.1  # put back
+
+
+def weights_of(model) -> list[np.ndarray]:
+    return [w.numpy().copy() for w in model.weights]
+
+
+def test_recomputed_val_accuracy_leaves_the_model_as_it_was():
+    keras.utils.set_random_seed(0)
+    model, data = d2l.BNLeNetScratch(lr=0.5), scripted_with_loader(num_batches=4)
+    trainer = d2l.Trainer(max_epochs=2, report="none")
+    trainer.fit(model, data)  # running statistics away from 0 and 1
+    before = weights_of(model)
+    accuracy = d2l.recomputed_val_accuracy(trainer, model, data, num_batches=3)
+    after = weights_of(model)
+    assert len(after) == len(before) == 5 * 2 + 4 * 4  # kernel, bias; gamma, beta, mean, var
+    assert all(np.array_equal(a, b) for a, b in zip(after, before))  # bit for bit
+    assert [bn.momentum for bn in scratch_bns(model)] == [0.1] * 4
+    # and the accuracy is the one of the model with its statistics recomputed
+    first_mean = scratch_bns(model)[0].running_mean
+    old_mean = first_mean.numpy().copy()
+    d2l.recompute_statistics(model, data, num_batches=3)
+    assert np.abs(first_mean.numpy() - old_mean).min() > 1e-6  # every channel changed
+    assert accuracy == trainer.evaluate(model, data.val_dataloader())[1]
+
+
+class SliceWithLoader(Slice):
+    """Slice, with ``get_dataloader`` as the real data module has it (the first batches)."""
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        return Take(self.data.get_dataloader(train, shuffle=shuffle), self.num_train)
+
+
+def fit_recording(root, record: bool) -> tuple:
+    """A short seeded run of the chapter's scratch model that records, if ``record``, the
+    recomputed validation accuracy after each epoch; returns the history, the recorded
+    accuracies and the final weights."""
+    keras.utils.set_random_seed(0)
+    model = d2l.BNLeNetScratch(lr=0.5)
+    data = SliceWithLoader(d2l.FashionMNIST(batch_size=64, root=root, seed=0), 20, 5)
+    trainer = d2l.Trainer(max_epochs=2, report="none")
+    recorded = []
+    after_epoch = (lambda epoch: recorded.append(
+        d2l.recomputed_val_accuracy(trainer, model, data, num_batches=10))) if record else None
+    history = trainer.fit(model, data, after_epoch=after_epoch)
+    return history, recorded, weights_of(model)
+
+
+def test_recording_recomputed_accuracy_leaves_the_training_run_as_it_was(fashion_mnist_root):
+    plain, _, plain_weights = fit_recording(fashion_mnist_root, record=False)
+    history, recorded, weights = fit_recording(fashion_mnist_root, record=True)
+    assert history == plain  # the shuffling (data.rng), the weights and the statistics
+    assert all(np.array_equal(a, b) for a, b in zip(weights, plain_weights))
+    assert len(recorded) == 2 and all(0 <= a <= 1 for a in recorded)
+
+
+def test_fit_calls_after_epoch_once_per_epoch_after_recording_it():
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    calls = []
+    history = trainer.fit(d2l.BNLeNet(), Scripted(num_batches=2),
+                          after_epoch=lambda epoch: calls.append((epoch, len(trainer.history))))
+    assert calls == [(1, 1), (2, 2), (3, 3)] and history.epoch == [1, 2, 3]
