@@ -8,6 +8,7 @@ from ._require import require
 
 require("torch")
 
+from copy import deepcopy  # noqa: E402
 from functools import partial  # noqa: E402
 from typing import Callable, Iterable, Optional, Sequence  # noqa: E402
 
@@ -22,6 +23,7 @@ from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E40
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
            "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
@@ -366,6 +368,43 @@ class Trainer:
         """Mean loss and accuracy of ``model`` over ``loader``, in eval mode: e.g. on the training
         data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
         return evaluate(model, loader, self.device)
+
+
+# --- Statistics recomputed after training (the chapter's "Moving Averages or Recomputed
+# Statistics") -----------------------------------------------------------------------------------
+# The layers are found by their running_mean buffer rather than by isinstance: a notebook runs the
+# chapter's own BatchNorm class, which is not this module's, and nn.BatchNorm*d works the same way.
+
+def recompute_statistics(model, data, num_batches=100):
+    """Set each BatchNorm's running statistics to their mean over training batches."""
+    layers = [m for m in model.modules() if hasattr(m, "running_mean")]
+    momenta = [layer.momentum for layer in layers]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.train()  # each layer normalizes with, and records, the batch's statistics
+    batches = data.get_dataloader(train=True, shuffle=False)
+    with torch.no_grad():  # forward passes only: the parameters stay as they are
+        for k, (X, _) in zip(range(1, num_batches + 1), batches):
+            for layer in layers:
+                layer.momentum = 1 / k  # the running value: the mean of k batches
+            model(X.to(device))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+    model.train(was_training)
+
+
+def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
+                            num_batches: int = 100) -> float:
+    """Validation accuracy of ``model`` with the running statistics of its batch-normalization
+    layers recomputed by :func:`recompute_statistics` from ``num_batches`` training minibatches.
+
+    Measured on a copy of the model, so ``model``, ``trainer`` and a training run in progress
+    (this may be called from ``trainer.fit``'s ``after_epoch``) are left exactly as they were:
+    the training batches are served in stored order, drawing nothing from ``data.rng``.
+    """
+    copy = deepcopy(model)
+    recompute_statistics(copy, data, num_batches)
+    return trainer.evaluate(copy, data.val_dataloader())[1]
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------

@@ -355,6 +355,128 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
     assert 0 < few <= 2 * 2  # per epoch: the training loss, the validation results
 
 
+# --- Statistics recomputed from training batches ------------------------------------------------
+
+class InOrder:
+    """Scripted data that also serves its training batches in stored order, as
+    ``FashionMNIST.get_dataloader(train=True, shuffle=False)`` does."""
+
+    def __init__(self, num_batches: int):
+        self.scripted = Scripted(num_batches)
+        self.val_dataloader = self.scripted.val_dataloader
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        assert train and shuffle is False, "recompute_statistics asks for training batches in order"
+        return [self.scripted.to_tensors(X, y) for X, y in self.scripted.batches]
+
+
+def trained_a_little(cls, data):
+    """A model whose running statistics are neither their initial values nor an average."""
+    torch.manual_seed(0)
+    model = cls(lr=0.5)
+    d2l.Trainer(max_epochs=2, report="none").fit(model, data.scripted)
+    for bn in bn_layers(model):
+        bn.running_mean.fill_(7.0)  # must be replaced entirely, not averaged with
+        bn.running_var.fill_(7.0)
+    return model
+
+
+def bn_layers(model) -> list:
+    return [m for m in model.modules() if isinstance(m, (d2l.BatchNorm, nn.BatchNorm2d,
+                                                         nn.BatchNorm1d))]
+
+
+@pytest.mark.parametrize("cls", [d2l.BNLeNetScratch, d2l.BNLeNet])
+def test_recomputed_statistics_are_the_mean_of_the_batch_statistics(cls):
+    data = InOrder(num_batches=6)
+    model = trained_a_little(cls, data)
+    model.eval()
+    params = {name: p.clone() for name, p in model.named_parameters()}
+    layers = bn_layers(model)
+    momenta = [bn.momentum for bn in layers]
+    # Expected, independently: each layer's input in a training-mode pass over the first 4
+    # batches (its input depends on the parameters and the batch only), its batch statistics,
+    # and their plain mean over the batches.
+    inputs = {i: [] for i in range(len(layers))}
+    reference = type(model)(lr=0.5)
+    reference.load_state_dict(model.state_dict())
+    reference.train()
+    hooks = [bn.register_forward_hook(lambda m, args, out, i=i: inputs[i].append(args[0]))
+             for i, bn in enumerate(bn_layers(reference))]
+    with torch.no_grad():
+        for X, _ in data.get_dataloader(True, shuffle=False)[:4]:
+            reference(X)
+    for hook in hooks:
+        hook.remove()
+    d2l.recompute_statistics(model, data, num_batches=4)
+    for i, bn in enumerate(layers):
+        assert len(inputs[i]) == 4
+        means = [X.mean(dim=reduce_axes(X)) for X in inputs[i]]
+        # nn.BatchNorm*d records the unbiased variance, our layer the biased one
+        variances = [X.var(dim=reduce_axes(X), unbiased=cls is d2l.BNLeNet)
+                     for X in inputs[i]]
+        assert_close(bn.running_mean, torch.stack(means).mean(dim=0))
+        assert_close(bn.running_var, torch.stack(variances).mean(dim=0))
+    assert not model.training  # the mode it was in
+    assert [bn.momentum for bn in layers] == momenta  # restored
+    for name, p in model.named_parameters():
+        assert torch.equal(p, params[name]), name
+
+
+def test_recomputed_val_accuracy_leaves_the_model_as_it_was():
+    data = InOrder(num_batches=6)
+    model = trained_a_little(d2l.BNLeNetScratch, data)
+    model.train()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    trainer = d2l.Trainer(max_epochs=1, report="none")
+    accuracy = d2l.recomputed_val_accuracy(trainer, model, data, num_batches=4)
+    assert isinstance(accuracy, float) and 0 <= accuracy <= 1
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for name, t in before.items():
+        assert torch.equal(after[name], t), name  # bit for bit, running statistics included
+    assert model.training and [bn.momentum for bn in bn_layers(model)] == [0.1] * 4
+    # It is the accuracy with recomputed statistics, not with the model's own (all 7.0)
+    with_own = trainer.evaluate(model, data.val_dataloader())[1]
+    d2l.recompute_statistics(model, data, num_batches=4)
+    assert trainer.evaluate(model, data.val_dataloader())[1] == accuracy != with_own
+
+
+def recorded_run(root, record: bool):
+    torch.manual_seed(0)
+    model = d2l.BNLeNetScratch(lr=0.5)
+    real = d2l.FashionMNIST(batch_size=32, root=root, seed=0)
+    data = Slice(real, num_train=12, num_val=4)
+    data.get_dataloader = lambda train, shuffle=None: Take(
+        real.get_dataloader(train, shuffle=shuffle), 3)
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    recorded = []
+    after_epoch = (lambda epoch: recorded.append(
+        d2l.recomputed_val_accuracy(trainer, model, data, num_batches=3))) if record else None
+    history = trainer.fit(model, data, after_epoch=after_epoch)
+    return history, recorded, model.state_dict()
+
+
+def test_recording_recomputed_accuracy_leaves_the_training_run_as_it_was(fashion_mnist_root):
+    # Real data, shuffled anew each epoch from data.rng: a recording that drew from the
+    # generator, or changed the model, would change the later epochs.
+    plain, nothing, state = recorded_run(fashion_mnist_root, record=False)
+    history, recorded, recorded_state = recorded_run(fashion_mnist_root, record=True)
+    assert nothing == [] and len(recorded) == 3
+    assert history == plain
+    for name, t in state.items():
+        assert torch.equal(recorded_state[name], t), name
+
+
+def test_fit_calls_after_epoch_once_per_epoch_after_recording_it():
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    calls = []
+    torch.manual_seed(0)
+    history = trainer.fit(d2l.BNLeNet(), Scripted(),
+                          after_epoch=lambda epoch: calls.append((epoch, len(trainer.history))))
+    assert calls == [(1, 1), (2, 2), (3, 3)] and len(history) == 3
+
+
 SEES_GPU = torch.cuda.is_available()
 
 
