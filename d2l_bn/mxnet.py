@@ -30,6 +30,7 @@ npx.set_np()
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
            "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
@@ -400,6 +401,56 @@ class Trainer:
         """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the
         training data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
         return evaluate(model, loader, self.ctx)
+
+
+# --- Recomputed statistics (the chapter's "Moving Averages or Recomputed Statistics") ----------
+# Our BatchNorm layers are found by their `momentum` (the new batch's weight), not by class: a
+# notebook defines its own BatchNorm class, which d2l_bn's isinstance could not see. Gluon's
+# nn.BatchNorm has no such attribute, so it is never taken for one of ours.
+
+def recompute_statistics(model, data, num_batches=100):
+    """Set our BatchNorms' running statistics to averages over training minibatches."""
+    layers = [block for block in model.net if hasattr(block, "momentum")]
+    momenta = [layer.momentum for layer in layers]
+    ctx = layers[0].gamma.list_ctx()[0]  # where the model's parameters live
+    batches = data.get_dataloader(train=True, shuffle=False)
+    for k, (X, _) in zip(range(1, num_batches + 1), batches):
+        for layer in layers:
+            layer.momentum = 1 / k  # eq-bn-running is then the mean of k batches
+        with autograd.train_mode():  # batch statistics, without a graph or an update
+            model(X.as_in_ctx(ctx))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
+def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
+                            num_batches: int = 100) -> float:
+    """Validation accuracy of ``model`` with its batch-normalization statistics recomputed by
+    :func:`recompute_statistics` from ``num_batches`` training minibatches (in stored order).
+
+    The model is left exactly as it was: its running statistics (and the layers' momentum) are
+    saved before and written back after, bit for bit, and nothing else of it changes (no
+    gradient, no update, no draw from a random generator for a model without dropout). The
+    training data is served by ``data.get_dataloader(train=True, shuffle=False)``, which draws
+    nothing from the data's generator, so this may run between epochs of ``trainer.fit`` (as
+    its ``after_epoch``) without changing the training run. For a model whose normalization
+    layers are our :class:`BatchNorm` (or another layer with its ``momentum``) in ``model.net``.
+    """
+    layers = [block for block in model.net if hasattr(block, "momentum")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}.net has no batch-normalization layer with a "
+                         f"momentum, as our BatchNorm has: nothing to recompute")
+    saved = [(layer, layer.momentum, layer.running_mean.data().copy(),
+              layer.running_var.data().copy()) for layer in layers]
+    try:
+        recompute_statistics(model, data, num_batches)
+        _, accuracy = trainer.evaluate(model, data.val_dataloader())
+    finally:
+        for layer, momentum, mean, var in saved:
+            layer.momentum = momentum
+            layer.running_mean.set_data(mean)
+            layer.running_var.set_data(var)
+    return float(accuracy)
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
