@@ -133,8 +133,8 @@ def _channel_mean(X):
 
 def _per_channel(t, X):
     """Broadcast a (C,) array along axis 1 of X, to X's shape."""
-    # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of a
-    # broadcast is a slow reduction, that of a matrix product a fast one.
+    # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
+    # a broadcast is a slow reduction, that of a matrix product a fast one.
     ones_N = np.ones((X.shape[0], 1), dtype=t.dtype)
     per_example = np.dot(ones_N, t.reshape(1, -1))  # (N, C)
     ones_rest = np.ones((1, X.size // per_example.size), dtype=t.dtype)  # H * W, or 1
