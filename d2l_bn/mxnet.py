@@ -121,21 +121,34 @@ def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
     return getattr(X, "ctx", None)
 
 
+def _channel_mean(X):
+    """The mean of X over every axis but axis 1: a (C,) array."""
+    # As matrix-vector products: on the CPU, MXNet's reductions over several axes, and
+    # their gradients, are many times slower than its matrix products.
+    rows = X.reshape(X.shape[0] * X.shape[1], -1)  # a row: one channel of one example
+    n_cols = rows.shape[1]  # values per channel and example
+    per_row = np.dot(rows, np.full(n_cols, 1 / n_cols, dtype=X.dtype))
+    return np.dot(np.full(X.shape[0], 1 / X.shape[0], dtype=X.dtype),
+                  per_row.reshape(X.shape[:2]))
+
+
 def _per_channel(t, X):
     """Broadcast a (C,) array along axis 1 of X, to X's shape."""
-    # Explicitly, not by broadcasting arithmetic: on the CPU, MXNet's gradient of
-    # broadcast_to is several times faster than those of broadcasting arithmetic.
-    return np.broadcast_to(t.reshape((1, -1) + (1,) * (X.ndim - 2)), X.shape)
+    # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
+    # a broadcast is a slow reduction, that of a matrix product a fast one.
+    ones_N = np.ones((X.shape[0], 1), dtype=t.dtype)
+    per_example = np.dot(ones_N, t.reshape(1, -1))  # (N, C)
+    ones_rest = np.ones((1, X.size // per_example.size), dtype=t.dtype)  # H * W, or 1
+    return np.dot(per_example.reshape(-1, 1), ones_rest).reshape(X.shape)
 
 
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
-        mean = X.mean(axis=axes)
-        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        mean = _channel_mean(X)
+        var = _channel_mean(np.square(X - _per_channel(mean, X)))
         n = X.size // X.shape[1]  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
@@ -459,10 +472,9 @@ def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
-        mean = X.mean(axis=axes)
-        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        mean = _channel_mean(X)
+        var = _channel_mean(np.square(X - _per_channel(mean, X)))
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var.detach()
     else:

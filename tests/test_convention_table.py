@@ -1,4 +1,4 @@
-"""The chapter's table of built-in conventions says what tests/conventions.py says, and every test
+"""The appendix's table of built-in conventions says what tests/conventions.py says, and every test
 it names exists in the shared equivalence tests that each framework's test file runs."""
 
 import ast
@@ -11,12 +11,13 @@ from conventions import CONVENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = ROOT / "chapters" / "batch-norm.md"
+CHECKS = ROOT / "chapters" / "checks.md"  # the appendix, with the conventions table
 FRAMEWORKS = ["torch", "mxnet", "jax", "tensorflow"]  # the table's column order
 
 
 def table() -> dict[str, list[str]]:
     """The table after the label sec-batch-norm-conventions: row label -> its cells."""
-    text = CHAPTER.read_text()
+    text = CHECKS.read_text()
     start = text.index("(sec-batch-norm-conventions)=")
     lines = text[start:].splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("| | PyTorch"))

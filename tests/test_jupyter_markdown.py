@@ -157,7 +157,7 @@ def test_labelled_equation_gets_its_number_as_a_tag(references):
 
 def test_labelled_equation_on_one_line(references):
     assert to_jupyter("$$ x = 1 $$ (eq-sync-bn-stats)", "batch-norm-devices", references) \
-        == '<a id="eq-sync-bn-stats"></a>\n$$ x = 1 \\tag{12} $$'
+        == '<a id="eq-sync-bn-stats"></a>\n$$ x = 1 \\tag{11} $$'
 
 
 def test_unlabelled_equation_is_left_unnumbered_as_on_the_website(references):
@@ -269,16 +269,18 @@ def test_every_markdown_cell_converts_without_myst_leftovers(source, references)
 
 def test_equation_numbers_are_the_websites(references):
     # The website numbers every labelled display equation, in the order of _toc.yml and on from
-    # one page to the next (Jupyter Book's numfig): the chapter has (1) to (11), and the page on
-    # devices, after the exercises (which have none), continues with (12).
+    # one page to the next (Jupyter Book's numfig): the chapter has (1) to (10), the page on
+    # devices, after the exercises (which have none), continues with (11), and the appendix on
+    # the checks with (12).
     numbers = {target.label: target.number for target in references.targets.values()
                if target.kind == "equation"}
     assert numbers == {
         "eq-bn": 1, "eq-bn-mean": 2, "eq-bn-var": 3, "eq-bn-fc": 4, "eq-bn-conv-mean": 5,
         "eq-bn-conv-var": 6, "eq-ln": 7, "eq-ln-mean": 8, "eq-ln-var": 9, "eq-bn-running": 10,
-        "eq-bn-backward": 11, "eq-sync-bn-stats": 12}
+        "eq-sync-bn-stats": 11, "eq-bn-backward": 12}
     assert {target.page for target in references.targets.values()
-            if target.kind == "equation" and target.number <= 11} == {"batch-norm"}
+            if target.kind == "equation" and target.number <= 10} == {"batch-norm"}
+    assert numbers["eq-bn-backward"] > numbers["eq-sync-bn-stats"]  # the appendix comes last
 
 
 # A small book with every kind of display equation. Its numbers, below, are those that Jupyter
@@ -405,10 +407,10 @@ def test_converted_chapter_renders_without_raw_myst(references):
     equations = [f"$${block.body}$$" for cell in converted
                  for block in jupyter_markdown._blocks(cell)
                  if isinstance(block, jupyter_markdown._DisplayMath)]
-    assert len(equations) == 11
+    assert len(equations) == 10
     assert [equation for equation in equations
             if html.escape(equation, quote=False) not in body] == []
-    assert re.findall(r"\\tag\{(\d+)\}", body) == [str(number) for number in range(1, 12)]
+    assert re.findall(r"\\tag\{(\d+)\}", body) == [str(number) for number in range(1, 11)]
     # Inline math too: mistune must not take its underscores and stars for emphasis.
     inline = {match for cell in converted
               for match in re.findall(r"(?<![$\\])\$(?!\$)[^$`]+?(?<!\\)\$", cell)}

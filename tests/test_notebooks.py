@@ -191,9 +191,11 @@ def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
     for name in local & set(shipped):
         pytest.fail(f"{name} is declared a local helper of {source.name} but d2l_bn.{framework} "
                     f"ships a {name}: rename the helper")
+    shows_local = bool(local & set(shown))
     shown = {name: code for name, code in shown.items() if name not in local}
-    # (a page on a subpackage may show none in a framework whose switch is a built-in argument)
-    assert shown or ships_from, f"{source.name} shows no code of d2l_bn.{framework}"
+    # (a page on a subpackage may show none in a framework whose switch is a built-in argument;
+    # the appendix shows only a helper of its own)
+    assert shown or ships_from or shows_local, f"{source.name} shows no code of d2l_bn.{framework}"
     for name, code in shown.items():
         assert name in shipped, f"the chapter defines {name}, which d2l_bn.{framework} lacks"
         assert code == shipped[name], f"{name} in the chapter differs from d2l_bn.{framework}"
@@ -260,3 +262,73 @@ def test_notebook_prose_is_plain_jupyter_markdown(source, framework, path):
     page, _ = HTMLExporter(template_name="lab").from_notebook_node(prose)
     body = page[page.index("<body"):]
     assert [raw for raw in ("{cite", "{ref}", "{eq}", ")=\n", ":::", "```{") if raw in body] == []
+
+
+# --- Every number the prose quotes has a source on its page -----------------------------------
+# A measured-looking number in a page's prose (a decimal, a percentage, "N times") must be printed
+# by, or written in, one of that page's cells, in any framework; what is derived in the sentence
+# itself or quoted from a cited paper is listed here, with the reason.
+QUOTED_NUMBER = re.compile(r"(?<![\w.$^{\\-])(\d+\.\d+|\d+(?:\.\d+)?(?=\s?%)|\d+(?=\s?times\b))")
+NOT_FROM_A_CELL = {
+    ("batch-norm", "14"): "Ioffe and Szegedy's ImageNet result, cited",
+    ("exercises", "7"): "√(8/7) - 1, derived in the same sentence",
+    ("exercises", "10"): "chance: one class in ten",
+    ("checks", "1"): "300² float32 units of rounding, derived in the same sentence",
+    ("checks", "1.9"): "the MXNet release, a version",
+    ("batch-norm", "1.9"): "the MXNet release, a version",
+    ("batch-norm-devices", "127.0"): "the loopback address 127.0.0.1",
+}
+
+
+def prose_of(source: Path) -> str:
+    """A page's markdown without code, math, roles and inline code: the words a reader reads."""
+    text = "\n".join(cell.source for cell in pipeline.read_source(source).cells
+                     if cell.cell_type == "markdown")
+    for pattern in (r"\$\$.*?\$\$", r"\$[^$\n]+\$", r"`[^`\n]*`", r"\{\w+(?::\w+)?\}"):
+        text = re.sub(pattern, " ", text, flags=re.S)
+    return text
+
+
+def numbers_of_cells(source: Path) -> list[float]:
+    """Every number in the page's code and in its executed notebooks' text outputs, and the
+    built-in layers' defaults that tests/conventions.py pins (tested against the real layers)."""
+    from conventions import CONVENTIONS
+
+    texts = [cell.source for cell in pipeline.read_source(source).cells
+             if cell.cell_type == "code"] + [repr(CONVENTIONS)]
+    for framework in pipeline.frameworks_in(source):
+        for cell in nbformat.read(pipeline.notebook_path(source, framework), as_version=4).cells:
+            texts.append(output_text(cell) if cell.cell_type == "code" else "")
+    return [float(n) for text in texts for n in re.findall(r"\d+(?:\.\d+)?(?:e-?\d+)?", text)]
+
+
+def has_source(quoted: str, percent: bool, numbers: list[float]) -> bool:
+    """``quoted`` (with its decimals) is one of ``numbers`` as rounded to them; a percentage
+    also matches a fraction, 20% matching 0.2."""
+    decimals = len(quoted.partition(".")[2])
+    value = float(quoted)
+    candidates = [value] + ([value / 100] if percent else [])
+    return any(round(n, d) == round(c, d) for n in numbers for c, d in
+               zip(candidates, [decimals, decimals + 2]))
+
+
+@pytest.mark.parametrize("source", pipeline.chapter_sources(), ids=lambda source: source.stem)
+def test_every_number_the_prose_quotes_comes_from_a_cell(source):
+    prose, numbers = prose_of(source), numbers_of_cells(source)
+    missing = []
+    for match in QUOTED_NUMBER.finditer(prose):
+        quoted = match.group(1)
+        percent = prose[match.end():match.end() + 2].lstrip().startswith("%")
+        if (source.stem, quoted) in NOT_FROM_A_CELL or has_source(quoted, percent, numbers):
+            continue
+        context = prose[max(0, match.start() - 60):match.end() + 20].replace("\n", " ")
+        missing.append(f"{quoted}: …{context}…")
+    assert not missing, (f"{source.name} quotes numbers that no cell of the page prints or "
+                         f"sets:\n" + "\n".join(missing))
+
+
+def test_the_number_rule_catches_what_it_should():
+    assert has_source("0.86", False, [0.8612]) and not has_source("0.86", False, [0.8549])
+    assert has_source("20", True, [0.2]) and not has_source("20", True, [0.3])
+    found = [m.group(1) for m in QUOTED_NUMBER.finditer("ends at 0.86, 20% and 14 times; 1e-5")]
+    assert found == ["0.86", "20", "14"]
