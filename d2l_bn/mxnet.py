@@ -429,7 +429,7 @@ def recompute_statistics(model, data, num_batches=100):
     batches = data.get_dataloader(train=True, shuffle=False)
     for k, (X, _) in zip(range(1, num_batches + 1), batches):
         for layer in layers:
-            layer.momentum = 1 / k  # eq-bn-running is then the mean of k batches
+            layer.momentum = 1 / k  # the running values: the mean of the k batches
         with autograd.train_mode():  # batch statistics, without a graph or an update
             model(X.as_in_ctx(ctx))
     for layer, momentum in zip(layers, momenta):
