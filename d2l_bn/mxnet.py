@@ -30,6 +30,7 @@ npx.set_np()
 
 __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
+           "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
            "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
 
@@ -120,21 +121,34 @@ def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
     return getattr(X, "ctx", None)
 
 
+def _channel_mean(X):
+    """The mean of X over every axis but axis 1: a (C,) array."""
+    # As matrix-vector products: on the CPU, MXNet's reductions over several axes, and
+    # their gradients, are many times slower than its matrix products.
+    rows = X.reshape(X.shape[0] * X.shape[1], -1)  # a row: one channel of one example
+    n_cols = rows.shape[1]  # values per channel and example
+    per_row = np.dot(rows, np.full(n_cols, 1 / n_cols, dtype=X.dtype))
+    return np.dot(np.full(X.shape[0], 1 / X.shape[0], dtype=X.dtype),
+                  per_row.reshape(X.shape[:2]))
+
+
 def _per_channel(t, X):
     """Broadcast a (C,) array along axis 1 of X, to X's shape."""
-    # Explicitly, not by broadcasting arithmetic: on the CPU, MXNet's gradient of
-    # broadcast_to is several times faster than those of broadcasting arithmetic.
-    return np.broadcast_to(t.reshape((1, -1) + (1,) * (X.ndim - 2)), X.shape)
+    # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
+    # a broadcast is a slow reduction, that of a matrix product a fast one.
+    ones_N = np.ones((X.shape[0], 1), dtype=t.dtype)
+    per_example = np.dot(ones_N, t.reshape(1, -1))  # (N, C)
+    ones_rest = np.ones((1, X.size // per_example.size), dtype=t.dtype)  # H * W, or 1
+    return np.dot(per_example.reshape(-1, 1), ones_rest).reshape(X.shape)
 
 
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
-        mean = X.mean(axis=axes)
-        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        mean = _channel_mean(X)
+        var = _channel_mean(np.square(X - _per_channel(mean, X)))
         n = X.size // X.shape[1]  # values per channel
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
@@ -402,16 +416,65 @@ class Trainer:
         return evaluate(model, loader, self.ctx)
 
 
+# --- Recomputed statistics (the chapter's "Moving Averages or Recomputed Statistics") ----------
+# Our BatchNorm layers are found by their `momentum` (the new batch's weight), not by class: a
+# notebook defines its own BatchNorm class, which d2l_bn's isinstance could not see. Gluon's
+# nn.BatchNorm has no such attribute, so it is never taken for one of ours.
+
+def recompute_statistics(model, data, num_batches=100):
+    """Set our BatchNorms' running statistics to averages over training minibatches."""
+    layers = [block for block in model.net if hasattr(block, "momentum")]
+    momenta = [layer.momentum for layer in layers]
+    ctx = layers[0].gamma.list_ctx()[0]  # where the model's parameters live
+    batches = data.get_dataloader(train=True, shuffle=False)
+    for k, (X, _) in zip(range(1, num_batches + 1), batches):
+        for layer in layers:
+            layer.momentum = 1 / k  # the running values: the mean of the k batches
+        with autograd.train_mode():  # batch statistics, without a graph or an update
+            model(X.as_in_ctx(ctx))
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
+
+
+def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
+                            num_batches: int = 100) -> float:
+    """Validation accuracy of ``model`` with its batch-normalization statistics recomputed by
+    :func:`recompute_statistics` from ``num_batches`` training minibatches (in stored order).
+
+    The model is left exactly as it was: its running statistics (and the layers' momentum) are
+    saved before and written back after, bit for bit, and nothing else of it changes (no
+    gradient, no update, no draw from a random generator for a model without dropout). The
+    training data is served by ``data.get_dataloader(train=True, shuffle=False)``, which draws
+    nothing from the data's generator, so this may run between epochs of ``trainer.fit`` (as
+    its ``after_epoch``) without changing the training run. For a model whose normalization
+    layers are our :class:`BatchNorm` (or another layer with its ``momentum``) in ``model.net``.
+    """
+    layers = [block for block in model.net if hasattr(block, "momentum")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}.net has no batch-normalization layer with a "
+                         f"momentum, as our BatchNorm has: nothing to recompute")
+    saved = [(layer, layer.momentum, layer.running_mean.data().copy(),
+              layer.running_var.data().copy()) for layer in layers]
+    try:
+        recompute_statistics(model, data, num_batches)
+        _, accuracy = trainer.evaluate(model, data.val_dataloader())
+    finally:
+        for layer, momentum, mean, var in saved:
+            layer.momentum = momentum
+            layer.running_mean.set_data(mean)
+            layer.running_var.set_data(var)
+    return float(accuracy)
+
+
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
 def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
     if training:
-        mean = X.mean(axis=axes)
-        var = np.square(X - _per_channel(mean, X)).mean(axis=axes)
+        mean = _channel_mean(X)
+        var = _channel_mean(np.square(X - _per_channel(mean, X)))
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var.detach()
     else:

@@ -401,3 +401,134 @@ def test_host_syncs_do_not_grow_with_the_number_of_steps(monkeypatch):
     few, many = count_host_syncs(monkeypatch, 2), count_host_syncs(monkeypatch, 8)
     assert few == many
     assert 0 < few <= 2 * 2  # per epoch: the training loss, the validation results
+
+
+# --- Recomputed statistics -----------------------------------------------------------------------
+
+class Shifted:
+    """A data module of ``num_batches`` fixed training batches whose k-th batch is uniform noise
+    plus k (so each batch's statistics differ clearly), and the same batches as validation set."""
+
+    def __init__(self, num_batches: int = 5, batch_size: int = 16):
+        rng = onp.random.default_rng(0)
+        self.batches = [(np.array(rng.random((batch_size, 1, 28, 28)) + k, dtype="float32"),
+                         np.array(rng.integers(0, 10, batch_size), dtype="int64"))
+                        for k in range(num_batches)]
+        self.shuffles = []  # the `shuffle` of each get_dataloader call
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        self.shuffles.append(shuffle)
+        return list(self.batches)
+
+    def val_dataloader(self):
+        return list(self.batches)
+
+
+def lenet(cls):
+    mx.random.seed(0)
+    model = cls(lr=0.1) if cls is d2l.BNLeNetScratch else cls(lr=0.1, norms=("batch",) * 4)
+    model.apply_init([np.random.uniform(size=(8, 1, 28, 28))], d2l.init_cnn)
+    return model
+
+
+def parameters(model) -> list:
+    """Copies of all of the model's parameters, running statistics included, in order (Gluon's
+    names carry a process-wide counter, so two models' names differ)."""
+    return [p.data().asnumpy().copy() for p in model.collect_params().values()]
+
+
+# NormLeNet's layers are BatchNormVariant, not a subclass of BatchNorm: found by their momentum,
+# as the notebook's own BatchNorm class must be.
+@pytest.mark.parametrize("cls", [d2l.BNLeNetScratch, d2l.NormLeNet])
+def test_recompute_statistics_averages_the_batch_statistics_of_the_first_batches(cls):
+    model, data = lenet(cls), Shifted(num_batches=5)
+    layers = [block for block in model.net if hasattr(block, "momentum")]
+    assert len(layers) == 4
+    # Each layer's inputs in training mode (which do not depend on the running statistics),
+    # in float64, from a pass of their own
+    inputs = {id(layer): [] for layer in layers}
+    hooks = [layer.register_forward_pre_hook(
+        lambda block, args: inputs[id(block)].append(args[0].asnumpy().astype("float64")))
+        for layer in layers]
+    with autograd.train_mode():
+        for X, _ in data.batches:
+            model(X)
+    for hook in hooks:
+        hook.detach()
+    d2l.recompute_statistics(model, data, num_batches=3)
+    assert data.shuffles == [False]  # the stored order, which draws nothing from data.rng
+    for layer in layers:
+        assert layer.momentum == 0.1  # as it was
+        per_batch = [(X.mean(axis=reduce_axes(X)), X.var(axis=reduce_axes(X)))
+                     for X in inputs[id(layer)]]
+        mean = onp.mean([m for m, _ in per_batch[:3]], axis=0)  # the first 3 batches
+        var = onp.mean([v for _, v in per_batch[:3]], axis=0)
+        assert_close(layer.running_mean.data(), mean)
+        assert_close(layer.running_var.data(), var)
+        # the batches differ clearly: neither the last one's statistics nor those of all
+        # five would pass
+        for wrong in (per_batch[2][0], onp.mean([m for m, _ in per_batch], axis=0)):
+            assert not onp.allclose(layer.running_mean.data().asnumpy(), wrong, rtol=1e-3)
+
+
+def test_recomputed_val_accuracy_leaves_the_model_bit_identical():
+    model, data = lenet(d2l.BNLeNetScratch), Shifted()
+    trainer = d2l.Trainer(max_epochs=1, report="none")
+    with autograd.train_mode():  # running statistics that are not the recomputed ones
+        for X, _ in data.batches:
+            model(X)
+    before, mean_before = parameters(model), model.net[1].running_mean.data().asnumpy()
+    accuracy = d2l.recomputed_val_accuracy(trainer, model, data, num_batches=3)
+    after = parameters(model)
+    assert len(before) == len(after) == 10 + 8 + 8  # weights, biases; gamma, beta; statistics
+    assert all(onp.array_equal(b, a) for b, a in zip(before, after))
+    assert [block.momentum for block in model.net if hasattr(block, "momentum")] == [0.1] * 4
+    assert isinstance(accuracy, float) and 0 <= accuracy <= 1
+    assert len(trainer.history) == 0
+    # what it measured is the model with recomputed statistics
+    d2l.recompute_statistics(model, data, num_batches=3)
+    assert accuracy == trainer.evaluate(model, data.val_dataloader())[1]
+    assert not onp.array_equal(model.net[1].running_mean.data().asnumpy(), mean_before)
+
+
+def test_recomputed_val_accuracy_refuses_a_model_without_our_batch_norm():
+    with pytest.raises(ValueError, match="nothing to recompute"):
+        d2l.recomputed_val_accuracy(d2l.Trainer(max_epochs=1), d2l.BNLeNet(), Shifted())
+
+
+class SliceWithStoredOrder(Slice):
+    """Slice, with the first batches of the training split in stored order too."""
+
+    def get_dataloader(self, train: bool, *, shuffle=None):
+        return Take(self.data.get_dataloader(train, shuffle=shuffle), self.num_train)
+
+
+def test_recording_after_each_epoch_leaves_the_training_run_as_it_was(fashion_mnist_root):
+    def run(record: bool):
+        data = SliceWithStoredOrder(d2l.FashionMNIST(batch_size=32, root=fashion_mnist_root),
+                                    num_train=12, num_val=4)
+        mx.random.seed(0)
+        model = d2l.BNLeNetScratch(lr=0.1)
+        model.apply_init([next(iter(data.data.get_dataloader(True)))[0]], d2l.init_cnn)
+        trainer = d2l.Trainer(max_epochs=3, report="none")
+        recorded = []
+        after_epoch = (lambda epoch: recorded.append(
+            d2l.recomputed_val_accuracy(trainer, model, data, num_batches=5))
+            if record else None)
+        history = trainer.fit(model, data, after_epoch=after_epoch)
+        return history, parameters(model), recorded
+
+    plain, plain_parameters, _ = run(record=False)
+    recorded_history, recorded_parameters, recorded = run(record=True)
+    assert recorded_history == plain  # the same losses and accuracies, to the last bit
+    assert len(plain_parameters) == len(recorded_parameters)
+    assert all(onp.array_equal(p, r) for p, r in zip(plain_parameters, recorded_parameters))
+    assert len(recorded) == 3 and all(0 <= accuracy <= 1 for accuracy in recorded)
+
+
+def test_fit_calls_after_epoch_once_per_epoch_after_recording_it():
+    trainer = d2l.Trainer(max_epochs=3, report="none")
+    seen = []
+    trainer.fit(d2l.BNLeNet(), Scripted(),
+                after_epoch=lambda epoch: seen.append((epoch, len(trainer.history))))
+    assert seen == [(1, 1), (2, 2), (3, 3)]
