@@ -32,7 +32,8 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
            "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
-           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "group_norm", "GroupNorm",
+           "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -207,6 +208,21 @@ def layer_norm(X, gamma, beta, eps=1e-5):
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     return gamma * (X - mean) / jnp.sqrt(var + eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups, eps=1e-5):
+    """Group normalization (Wu & He, 2018): each example's channels (last axis) standardized in
+    ``num_groups`` groups of consecutive channels, over a group's channels and locations."""
+    if X.ndim < 2 or X.shape[-1] % num_groups != 0:
+        raise ValueError(f"group_norm needs a batch whose channels (last axis) split into "
+                         f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
+                         f"num_groups dividing the number of channels.")
+    groups = X.reshape(X.shape[:-1] + (num_groups, X.shape[-1] // num_groups))
+    axes = tuple(range(1, X.ndim - 1)) + (X.ndim,)  # every axis but the batch and the group
+    mean = groups.mean(axis=axes, keepdims=True)
+    var = ((groups - mean) ** 2).mean(axis=axes, keepdims=True)
+    X_hat = ((groups - mean) / jnp.sqrt(var + eps)).reshape(X.shape)
+    return gamma * X_hat + beta  # gamma and beta broadcast along the channels, the last axis
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -496,12 +512,15 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
 
     The trainer's state is left as it was, bit for bit, and ``data.rng`` is not drawn from, so
     a ``trainer.fit`` that calls this from ``after_epoch`` trains exactly as without it. The model
-    needs a ``momentum`` field that it passes to each of its BatchNorm layers, as
-    :class:`BNLeNetScratch` has.
+    needs batch-normalization layers with running statistics (the state's ``batch_stats``) and a
+    ``momentum`` field that it passes to each of them, as :class:`BNLeNetScratch` has.
     """
     if trainer.state is None:
         raise ValueError("the trainer has no state yet: call trainer.fit(model, data) first "
                          "(or call this from its after_epoch)")
+    if not jax.tree_util.tree_leaves(trainer.state.batch_stats):
+        raise ValueError(f"{type(model).__name__} has no batch-normalization layer with running "
+                         f"statistics: nothing to recompute")
     if "momentum" not in {field.name for field in dataclasses.fields(model)}:
         raise TypeError(f"{type(model).__name__} has no momentum field: recompute_statistics "
                         f"changes the momentum of the model's BatchNorm layers through a "
@@ -579,6 +598,37 @@ class LayerNorm(nn.Module):
         return layer_norm(X, gamma, beta, self.eps)
 
 
+class GroupNorm(nn.Module):
+    """Group normalization from scratch, built on :func:`group_norm`: gamma and beta per
+    channel."""
+
+    num_features: int
+    num_groups: int
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, X: jax.Array) -> jax.Array:
+        gamma = self.param("gamma", nn.initializers.ones, (self.num_features,))
+        beta = self.param("beta", nn.initializers.zeros, (self.num_features,))
+        return group_norm(X, gamma, beta, self.num_groups, self.eps)
+
+
+def _mlp_norm(kind: Optional[str], num_features: int, num_groups: int) -> list:
+    """The normalization layer of an MLP's hidden layer of a kind, in a list (empty for None).
+
+    Built inside the MLP's ``__call__``, the layer belongs to the MLP; :class:`BatchNorm` alone
+    takes ``train``."""
+    if kind == "batch":
+        return [BatchNorm(num_features, num_dims=2)]
+    if kind == "layer":
+        return [LayerNorm()]  # gamma and beta of shape (num_features,), found at initialization
+    if kind == "group":
+        return [GroupNorm(num_features, num_groups)]
+    if kind is None:
+        return []
+    raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, got {kind!r}")
+
+
 class NormLeNet(Classifier):
     """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
     fc1, fc2), before the sigmoid; the normalization layers are named ``norm1`` to ``norm4``.
@@ -631,20 +681,23 @@ class NormLeNet(Classifier):
 
 class MLP(Classifier):
     """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
-    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
-    ``dropout`` (none at 0; its random keys come from the Trainer's ``'dropout'`` stream)."""
+    a normalization if ``norm`` is given (``'batch'``: our :class:`BatchNorm`; ``'layer'``:
+    :class:`LayerNorm`; ``'group'``: :class:`GroupNorm` with ``num_groups`` groups), a ReLU,
+    then dropout with probability ``dropout`` (none at 0; its random keys come from the
+    Trainer's ``'dropout'`` stream)."""
 
     num_hiddens: tuple = (256, 256)
     dropout: float = 0.0
-    batch_norm: bool = False
+    norm: Optional[str] = None
+    num_groups: int = 32
 
     @nn.compact
     def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
         X = X.reshape((X.shape[0], -1))  # flatten
         for outputs in self.num_hiddens:
             X = nn.Dense(outputs, kernel_init=init_cnn)(X)
-            if self.batch_norm:
-                X = BatchNorm(outputs, num_dims=2)(X, train)
+            for layer in _mlp_norm(self.norm, outputs, self.num_groups):
+                X = layer(X, train) if isinstance(layer, BatchNorm) else layer(X)
             X = nn.relu(X)
             if self.dropout > 0:
                 X = nn.Dropout(self.dropout, deterministic=not train)(X)

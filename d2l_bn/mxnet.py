@@ -32,7 +32,8 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
-           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "group_norm", "GroupNorm",
+           "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -211,6 +212,21 @@ def layer_norm(X, gamma, beta, eps=1e-5):
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     return gamma * (X - mean) / np.sqrt(var + eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups, eps=1e-5):
+    """Group normalization (Wu & He, 2018): each example's channels (axis 1) standardized in
+    ``num_groups`` groups of consecutive channels, over a group's channels and locations."""
+    if X.ndim < 2 or X.shape[1] % num_groups != 0:
+        raise ValueError(f"group_norm needs a batch whose channels (axis 1) split into "
+                         f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
+                         f"num_groups dividing the number of channels.")
+    groups = X.reshape(X.shape[0], num_groups, -1)
+    mean = groups.mean(axis=2, keepdims=True)
+    var = ((groups - mean) ** 2).mean(axis=2, keepdims=True)
+    X_hat = ((groups - mean) / np.sqrt(var + eps)).reshape(X.shape)
+    shape = (1, -1) + (1,) * (X.ndim - 2)
+    return gamma.reshape(shape) * X_hat + beta.reshape(shape)
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -451,8 +467,10 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
     """
     layers = [block for block in model.net if hasattr(block, "momentum")]
     if not layers:
-        raise ValueError(f"{type(model).__name__}.net has no batch-normalization layer with a "
-                         f"momentum, as our BatchNorm has: nothing to recompute")
+        raise ValueError(f"{type(model).__name__} has no batch-normalization layer with running "
+                         f"statistics: nothing to recompute")
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
     saved = [(layer, layer.momentum, layer.running_mean.data().copy(),
               layer.running_var.data().copy()) for layer in layers]
     try:
@@ -533,6 +551,21 @@ class LayerNorm(nn.Block):
         return layer_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.eps)
 
 
+class GroupNorm(nn.Block):
+    """Group normalization from scratch, built on :func:`group_norm`: gamma and beta per
+    channel."""
+
+    def __init__(self, num_features: int, num_groups: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups, self.eps = num_groups, eps
+        self.gamma = self.params.get("gamma", shape=(num_features,), init=init.One())
+        self.beta = self.params.get("beta", shape=(num_features,), init=init.Zero())
+
+    def forward(self, X: np.ndarray) -> np.ndarray:
+        ctx = getattr(X, "ctx", None)
+        return group_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.num_groups, self.eps)
+
+
 def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple,
           **options) -> list:
     """The normalization layer of a kind, in a list (empty for None: Gluon has no Identity)."""
@@ -543,6 +576,19 @@ def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple,
     if kind is None:
         return []
     raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+def _mlp_norm(kind: Optional[str], num_features: int, num_groups: int) -> list:
+    """The normalization layer of an MLP's hidden layer of a kind, in a list (empty for None)."""
+    if kind == "batch":
+        return [BatchNorm(num_features, num_dims=2)]
+    if kind == "layer":
+        return [LayerNorm((num_features,))]
+    if kind == "group":
+        return [GroupNorm(num_features, num_groups)]
+    if kind is None:
+        return []
+    raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, got {kind!r}")
 
 
 class NormLeNet(Classifier):
@@ -584,12 +630,13 @@ class NormLeNet(Classifier):
 
 class MLP(Classifier):
     """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
-    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
-    ``dropout`` (none at 0)."""
+    a normalization if ``norm`` is given (``'batch'``: our :class:`BatchNorm`; ``'layer'``:
+    :class:`LayerNorm`; ``'group'``: :class:`GroupNorm` with ``num_groups`` groups), a ReLU,
+    then dropout with probability ``dropout`` (none at 0)."""
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
                  num_hiddens: tuple = (256, 256), dropout: float = 0.0,
-                 batch_norm: bool = False):
+                 norm: Optional[str] = None, num_groups: int = 32):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = nn.Sequential()
@@ -597,8 +644,7 @@ class MLP(Classifier):
         inputs = 28 * 28
         for outputs in num_hiddens:
             self.net.add(nn.Dense(outputs, in_units=inputs))
-            if batch_norm:
-                self.net.add(BatchNorm(outputs, num_dims=2))
+            self.net.add(*_mlp_norm(norm, outputs, num_groups))
             self.net.add(nn.Activation("relu"))
             if dropout > 0:
                 self.net.add(nn.Dropout(dropout))

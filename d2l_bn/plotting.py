@@ -24,20 +24,13 @@ def plot_history(history: Union[Mapping[str, Any], Any], ax: Optional[Axes] = No
     ``train_loss``, ``val_loss`` and ``val_acc``. Without ``ax``, a new pyplot figure is made (so a
     notebook shows it); with one, only that axis is touched. Returns the axis.
     """
-    if ax is None:
-        import matplotlib.pyplot as plt  # only here: the live figure must not involve pyplot
-
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax = _axes_or_new(ax)
     get = history.__getitem__ if isinstance(history, Mapping) else history.__getattribute__
     epochs = get("epoch")
     for key, (label, style) in CURVES.items():
         ax.plot(epochs, get(key), style, marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_ylim(bottom=0)
-    ax.set_ylabel("loss / accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    _finish_epoch_axes(ax, "loss / accuracy")
     return ax
 
 
@@ -45,18 +38,28 @@ def plot_curves(curves: Mapping[str, Sequence[float]], ylabel: str,
                 ax: Optional[Axes] = None) -> Axes:
     """Draw per-epoch curves over each other, one line per entry of ``curves`` (its label), against
     epochs 1, 2, ... Without ``ax``, a new pyplot figure is made; with one, only it is touched."""
-    if ax is None:
-        import matplotlib.pyplot as plt  # only here, as in plot_history
-
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax = _axes_or_new(ax)
     for label, values in curves.items():
         ax.plot(range(1, len(values) + 1), list(values), marker="o", markersize=3, label=label)
+    _finish_epoch_axes(ax, ylabel)
+    return ax
+
+
+def _axes_or_new(ax: Optional[Axes]) -> Axes:
+    if ax is None:
+        import matplotlib.pyplot as plt  # only here: the live figure must not involve pyplot
+
+        _, ax = plt.subplots(figsize=(5, 3.5))
+    return ax
+
+
+def _finish_epoch_axes(ax: Axes, ylabel: str) -> None:
+    """What every per-epoch plot shares: whole epochs on x, the y label, a grid, the legend."""
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return ax
 
 
 def plot_shared_statistics(shared: Mapping[str, Any], layout: str = "NCHW") -> None:

@@ -11,8 +11,8 @@ batch. ``unbiased_running_var=True`` feeds it the unbiased batch variance, as Py
 
 import numpy as np
 
-__all__ = ["batch_norm", "batch_norm_grads", "layer_norm", "layer_norm_grads", "random_batch",
-           "channel_stats_axes", "random_case", "training_step", "report"]
+__all__ = ["batch_norm", "batch_norm_grads", "layer_norm", "layer_norm_grads", "group_norm",
+           "random_batch", "channel_stats_axes", "random_case", "training_step", "report"]
 
 
 def channel_stats_axes(ndim: int, channel_axis: int = 1) -> tuple[int, ...]:
@@ -80,6 +80,21 @@ def layer_norm(X, gamma, beta, eps: float = 1e-5) -> np.ndarray:
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     return np.asarray(gamma, np.float64) * (X - mean) / np.sqrt(var + eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups: int, eps: float = 1e-5, channel_axis: int = 1
+               ) -> np.ndarray:
+    """Each example's channels standardized in ``num_groups`` groups of consecutive channels,
+    over the group's channels and all locations; gamma, beta per channel."""
+    X = np.moveaxis(np.asarray(X, np.float64), channel_axis, 1)
+    N, C = X.shape[:2]
+    groups = X.reshape(N, num_groups, -1)
+    mean = groups.mean(axis=2, keepdims=True)
+    var = ((groups - mean) ** 2).mean(axis=2, keepdims=True)
+    X_hat = ((groups - mean) / np.sqrt(var + eps)).reshape(X.shape)
+    shape = (1, C) + (1,) * (X.ndim - 2)
+    Y = np.asarray(gamma, np.float64).reshape(shape) * X_hat + np.reshape(beta, shape)
+    return np.moveaxis(Y, 1, channel_axis)
 
 
 def layer_norm_grads(X, gamma, dY, eps: float = 1e-5

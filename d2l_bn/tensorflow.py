@@ -29,7 +29,8 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
            "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
-           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "group_norm", "GroupNorm",
+           "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -182,6 +183,23 @@ def layer_norm(X, gamma, beta, eps=1e-5):
     mean = tf.reduce_mean(X, axis=axes, keepdims=True)
     var = tf.reduce_mean(tf.square(X - mean), axis=axes, keepdims=True)
     return gamma * (X - mean) / tf.sqrt(var + eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups, eps=1e-5):
+    """Group normalization (Wu & He, 2018): each example's channels (last axis) standardized in
+    ``num_groups`` groups of consecutive channels, over a group's channels and locations."""
+    if X.ndim < 2 or X.shape[-1] % num_groups != 0:
+        raise ValueError(f"group_norm needs a batch whose channels (last axis) split into "
+                         f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
+                         f"num_groups dividing the number of channels.")
+    # (..., num_groups, channels per group); tf.shape, as the batch size may be unknown
+    groups = tf.reshape(X, tf.concat([tf.shape(X)[:-1],
+                                      [num_groups, X.shape[-1] // num_groups]], axis=0))
+    axes = tuple(range(1, X.ndim - 1)) + (X.ndim,)  # all but the example and the group
+    mean = tf.reduce_mean(groups, axis=axes, keepdims=True)
+    var = tf.reduce_mean(tf.square(groups - mean), axis=axes, keepdims=True)
+    X_hat = tf.reshape((groups - mean) / tf.sqrt(var + eps), tf.shape(X))
+    return gamma * X_hat + beta  # channels last: (C,) broadcasts as is
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -398,15 +416,15 @@ class Trainer:
 
 def recompute_statistics(model, data, num_batches=100):
     """Set each BatchNorm's running statistics to their mean over training batches."""
-    bns = [layer for layer in model.net.layers if hasattr(layer, 'running_mean')]
-    momenta = [bn.momentum for bn in bns]
-    loader = data.get_dataloader(train=True, shuffle=False)
-    for k, (X, _) in zip(range(1, num_batches + 1), loader):
-        for bn in bns:
-            bn.momentum = 1 / k  # makes the running average the mean of k batches
+    layers = [layer for layer in model.net.layers if hasattr(layer, 'running_mean')]
+    momenta = [layer.momentum for layer in layers]
+    batches = data.get_dataloader(train=True, shuffle=False)
+    for k, (X, _) in zip(range(1, num_batches + 1), batches):
+        for layer in layers:
+            layer.momentum = 1 / k  # makes the running average the mean of k batches
         model(X, training=True)  # no gradient step: only the statistics change
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
 
 
 def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
@@ -414,21 +432,29 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
     """Validation accuracy of ``model`` with the running statistics of its scratch batch-norm
     layers recomputed by :func:`recompute_statistics` from ``num_batches`` training minibatches.
 
-    The model is left exactly as it was: its running statistics are saved first and restored
-    afterwards, bit for bit, and recomputing draws nothing from ``data.rng`` and takes no gradient
-    step. So it can be called between epochs (``trainer.fit(..., after_epoch=...)``) without
-    changing the training run.
+    The model is left exactly as it was: its running statistics (and the layers' momentum) are
+    saved before and written back after, bit for bit, and nothing else of it changes (no
+    gradient, no update). The training batches are served in stored order, drawing nothing from
+    ``data.rng``, so this may run between epochs of ``trainer.fit`` (as its ``after_epoch``)
+    without changing the training run.
     """
-    statistics = [v for layer in model.net.layers if hasattr(layer, "running_mean")
-                  for v in (layer.running_mean, layer.running_var)]
-    saved = [v.numpy().copy() for v in statistics]
+    layers = [layer for layer in model.net.layers if hasattr(layer, "running_mean")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no batch-normalization layer with running "
+                         f"statistics: nothing to recompute")
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+    saved = [(layer, layer.momentum, layer.running_mean.numpy().copy(),
+              layer.running_var.numpy().copy()) for layer in layers]
     try:
         with tf.device(trainer.device):
             recompute_statistics(model, data, num_batches)
         return trainer.evaluate(model, data.val_dataloader())[1]
     finally:
-        for v, value in zip(statistics, saved):
-            v.assign(value)
+        for layer, momentum, mean, var in saved:
+            layer.momentum = momentum
+            layer.running_mean.assign(mean)
+            layer.running_var.assign(var)
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
@@ -503,6 +529,23 @@ class LayerNorm(layers.Layer):
         return layer_norm(inputs, self.gamma, self.beta, self.eps)
 
 
+class GroupNorm(layers.Layer):
+    """Group normalization from scratch, built on :func:`group_norm`: gamma and beta per
+    channel."""
+
+    def __init__(self, num_features: int, num_groups: int, eps: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.num_features, self.num_groups, self.eps = num_features, num_groups, eps
+        shape = (num_features,)
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return group_norm(inputs, self.gamma, self.beta, self.num_groups, self.eps)
+
+    get_config = init_config  # the constructor's arguments, which Keras saves
+
+
 def _norm(kind: Optional[str], num_features: int, num_dims: int, **options) -> list:
     """The normalization layer of a kind, in a list (empty for None)."""
     if kind == "batch":
@@ -512,6 +555,19 @@ def _norm(kind: Optional[str], num_features: int, num_dims: int, **options) -> l
     if kind is None:
         return []
     raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+def _mlp_norm(kind: Optional[str], num_features: int, num_groups: int) -> list:
+    """The normalization layer of an MLP's hidden layer of a kind, in a list (empty for None)."""
+    if kind == "batch":
+        return [BatchNorm(num_features, num_dims=2)]
+    if kind == "layer":
+        return [LayerNorm()]  # gamma and beta of shape (num_features,), found when built
+    if kind == "group":
+        return [GroupNorm(num_features, num_groups)]
+    if kind is None:
+        return []
+    raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, got {kind!r}")
 
 
 class NormLeNet(Classifier):
@@ -551,19 +607,19 @@ class NormLeNet(Classifier):
 
 class MLP(Classifier):
     """A multilayer perceptron on flattened images: each hidden layer is a dense layer, then
-    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
-    ``dropout`` (none at 0)."""
+    a normalization if ``norm`` is given (``'batch'``: our :class:`BatchNorm`; ``'layer'``:
+    :class:`LayerNorm`; ``'group'``: :class:`GroupNorm` with ``num_groups`` groups), a ReLU,
+    then dropout with probability ``dropout`` (none at 0)."""
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
                  num_hiddens: tuple = (256, 256), dropout: float = 0.0,
-                 batch_norm: bool = False):
+                 norm: Optional[str] = None, num_groups: int = 32):
         super().__init__(lr)
         self.num_classes = num_classes
         blocks = [keras.Input(shape=_INPUT_SHAPE), layers.Flatten()]
         for outputs in num_hiddens:
             blocks.append(layers.Dense(outputs))
-            if batch_norm:
-                blocks.append(BatchNorm(outputs, num_dims=2))
+            blocks += _mlp_norm(norm, outputs, num_groups)
             blocks.append(layers.Activation("relu"))
             if dropout > 0:
                 blocks.append(layers.Dropout(dropout))

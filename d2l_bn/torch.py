@@ -8,7 +8,6 @@ from ._require import require
 
 require("torch")
 
-from copy import deepcopy  # noqa: E402
 from functools import partial  # noqa: E402
 from typing import Callable, Iterable, Optional, Sequence  # noqa: E402
 
@@ -25,7 +24,8 @@ __all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratc
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
-           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "NormLeNet", "MLP"]
+           "batch_norm_variant", "BatchNormVariant", "LayerNorm", "group_norm", "GroupNorm",
+           "NormLeNet", "MLP"]
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
@@ -181,6 +181,21 @@ def layer_norm(X, gamma, beta, eps=1e-5):
     mean = X.mean(dim=axes, keepdim=True)
     var = ((X - mean) ** 2).mean(dim=axes, keepdim=True)
     return gamma * (X - mean) / torch.sqrt(var + eps) + beta
+
+
+def group_norm(X, gamma, beta, num_groups, eps=1e-5):
+    """Group normalization (Wu & He, 2018): each example's channels (axis 1) standardized in
+    ``num_groups`` groups of consecutive channels, over a group's channels and locations."""
+    if X.ndim < 2 or X.shape[1] % num_groups != 0:
+        raise ValueError(f"group_norm needs a batch whose channels (axis 1) split into "
+                         f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
+                         f"num_groups dividing the number of channels.")
+    groups = X.reshape(X.shape[0], num_groups, -1)
+    mean = groups.mean(dim=2, keepdim=True)
+    var = ((groups - mean) ** 2).mean(dim=2, keepdim=True)
+    X_hat = ((groups - mean) / torch.sqrt(var + eps)).reshape(X.shape)
+    shape = (1, -1) + (1,) * (X.ndim - 2)
+    return gamma.reshape(shape) * X_hat + beta.reshape(shape)
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -398,13 +413,31 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
     """Validation accuracy of ``model`` with the running statistics of its batch-normalization
     layers recomputed by :func:`recompute_statistics` from ``num_batches`` training minibatches.
 
-    Measured on a copy of the model, so ``model``, ``trainer`` and a training run in progress
-    (this may be called from ``trainer.fit``'s ``after_epoch``) are left exactly as they were:
-    the training batches are served in stored order, drawing nothing from ``data.rng``.
+    The model is left exactly as it was: its running statistics (and the layers' momentum, and
+    the model's mode) are saved before and written back after, bit for bit, and nothing else of
+    it changes (no gradient, no update). The training batches are served in stored order, drawing nothing from
+    ``data.rng``, so this may run between epochs of ``trainer.fit`` (as its ``after_epoch``)
+    without changing the training run.
     """
-    copy = deepcopy(model)
-    recompute_statistics(copy, data, num_batches)
-    return trainer.evaluate(copy, data.val_dataloader())[1]
+    layers = [m for m in model.modules() if hasattr(m, "running_mean")]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no batch-normalization layer with running "
+                         f"statistics: nothing to recompute")
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+    saved = [(layer, layer.momentum, layer.running_mean.clone(), layer.running_var.clone())
+             for layer in layers]
+    was_training = model.training
+    try:
+        recompute_statistics(model, data, num_batches)
+        return trainer.evaluate(model, data.val_dataloader())[1]
+    finally:
+        with torch.no_grad():
+            for layer, momentum, mean, var in saved:
+                layer.momentum = momentum
+                layer.running_mean.copy_(mean)
+                layer.running_var.copy_(var)
+        model.train(was_training)
 
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
@@ -475,6 +508,20 @@ class LayerNorm(nn.Module):
         return layer_norm(X, self.gamma, self.beta, self.eps)
 
 
+class GroupNorm(nn.Module):
+    """Group normalization from scratch, built on :func:`group_norm`: gamma and beta per
+    channel."""
+
+    def __init__(self, num_features: int, num_groups: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_groups, self.eps = num_groups, eps
+        self.gamma = nn.Parameter(torch.ones(num_features))
+        self.beta = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return group_norm(X, self.gamma, self.beta, self.num_groups, self.eps)
+
+
 def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple[int, ...],
           **options) -> list:
     """The normalization layer of a kind, in a list (empty for None)."""
@@ -485,6 +532,19 @@ def _norm(kind: Optional[str], num_features: int, num_dims: int, shape: tuple[in
     if kind is None:
         return []
     raise ValueError(f"a normalization is 'batch', 'layer' or None, got {kind!r}")
+
+
+def _mlp_norm(kind: Optional[str], num_features: int, num_groups: int) -> list:
+    """The normalization layer of an MLP's hidden layer of a kind, in a list (empty for None)."""
+    if kind == "batch":
+        return [BatchNorm(num_features, num_dims=2)]
+    if kind == "layer":
+        return [LayerNorm((num_features,))]
+    if kind == "group":
+        return [GroupNorm(num_features, num_groups)]
+    if kind is None:
+        return []
+    raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, got {kind!r}")
 
 
 class NormLeNet(Classifier):
@@ -523,19 +583,19 @@ class NormLeNet(Classifier):
 
 class MLP(Classifier):
     """A multilayer perceptron on flattened images: each hidden layer is a linear layer, then
-    our :class:`BatchNorm` if ``batch_norm``, a ReLU, then dropout with probability
-    ``dropout`` (none at 0)."""
+    a normalization if ``norm`` is given (``'batch'``: our :class:`BatchNorm`; ``'layer'``:
+    :class:`LayerNorm`; ``'group'``: :class:`GroupNorm` with ``num_groups`` groups), a ReLU,
+    then dropout with probability ``dropout`` (none at 0)."""
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
                  num_hiddens: tuple[int, ...] = (256, 256), dropout: float = 0.0,
-                 batch_norm: bool = False):
+                 norm: Optional[str] = None, num_groups: int = 32):
         super().__init__(lr)
         self.num_classes = num_classes
         blocks, inputs = [nn.Flatten()], 28 * 28
         for outputs in num_hiddens:
             blocks.append(nn.Linear(inputs, outputs))
-            if batch_norm:
-                blocks.append(BatchNorm(outputs, num_dims=2))
+            blocks += _mlp_norm(norm, outputs, num_groups)
             blocks.append(nn.ReLU())
             if dropout > 0:
                 blocks.append(nn.Dropout(dropout))

@@ -19,6 +19,7 @@ The adapter (see test_equivalence_torch.py for one) offers
     builtin_momentum_and_eps()               the built-in's default momentum and ε as stored
     batch_norm(X, gamma, beta)               d2l_bn's pure batch_norm, training mode: Y
     layer_norm(X, gamma, beta)               d2l_bn's pure layer_norm: Y
+    group_norm(X, gamma, beta, num_groups)   d2l_bn's pure group_norm: Y
     forward_half(layer, X, dtype)            X rounded to "float16"/"bfloat16", training-mode
                                              forward: (Y as float64, Y's dtype name,
                                              the rounded X as float64)
@@ -51,6 +52,7 @@ __all__ = [
     "test_property_invariant_to_per_channel_affine_input",
     "test_property_bias_before_batch_norm_changes_nothing",
     "test_property_layer_norm_invariant_to_per_example_affine_input",
+    "test_group_norm_matches_reference", "test_group_norm_rejects_unequal_groups",
 ]
 
 EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7
@@ -489,3 +491,26 @@ def test_property_layer_norm_invariant_to_per_example_affine_input(fw, seed, mea
     kappa = 1 + float((np.abs(X2.mean(1)) / X2.std(1)).max() + (np.abs(X.mean(1)) / X.std(1)).max())
     np.testing.assert_allclose(fw.layer_norm(X2, gamma, beta), expected,
                                rtol=1e-4, atol=4 * ULPS * EPS32 * kappa * 2 * 4)
+
+
+@pytest.mark.parametrize("shape, num_groups", [((16, 8), 4), ((16, 8), 1), ((4, 6, 5, 5), 3),
+                                               ((4, 6, 5, 5), 6)])
+def test_group_norm_matches_reference(fw, shape, num_groups):
+    """Groups of consecutive channels, statistics per example over a group's channels and all
+    locations, gamma and beta per channel; channels where the framework keeps them."""
+    rng = np.random.default_rng(0)
+    C = shape[1]
+    X = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    if fw.channel_axis == -1:
+        X = np.ascontiguousarray(np.moveaxis(X, 1, -1))
+    gamma = rng.uniform(0.5, 2, C).astype(np.float32)
+    beta = rng.standard_normal(C).astype(np.float32)
+    expected = reference.group_norm(X, gamma, beta, num_groups, channel_axis=fw.channel_axis)
+    np.testing.assert_allclose(fw.group_norm(X, gamma, beta, num_groups), expected,
+                               rtol=RTOL, atol=ULPS * EPS32 * 4 * float(np.abs(expected).max()))
+
+
+def test_group_norm_rejects_unequal_groups(fw):
+    X = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="num_groups dividing the number of channels"):
+        fw.group_norm(X, np.ones(6, np.float32), np.zeros(6, np.float32), 4)

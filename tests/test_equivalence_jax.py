@@ -96,6 +96,10 @@ class JaxAdapter:
     def layer_norm(self, X, gamma, beta):
         return np.asarray(d2l.layer_norm(jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta)))
 
+    def group_norm(self, X, gamma, beta, num_groups):
+        return np.asarray(d2l.group_norm(jnp.asarray(X), jnp.asarray(gamma), jnp.asarray(beta),
+                                         num_groups))
+
     def variant(self, X, gamma, beta, training, **options):
         C = X.shape[-1]
         return tuple(np.asarray(t) for t in d2l.batch_norm_variant(

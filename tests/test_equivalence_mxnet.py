@@ -72,6 +72,10 @@ class MXNetAdapter:
     def layer_norm(self, X, gamma, beta):
         return d2l.layer_norm(np.array(X), np.array(gamma), np.array(beta)).asnumpy()
 
+    def group_norm(self, X, gamma, beta, num_groups):
+        return d2l.group_norm(np.array(X), np.array(gamma), np.array(beta),
+                              num_groups).asnumpy()
+
     def variant(self, X, gamma, beta, training, **options):
         C = X.shape[1]
         return tuple(t.asnumpy() for t in d2l.batch_norm_variant(

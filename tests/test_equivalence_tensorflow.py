@@ -69,6 +69,10 @@ class TensorFlowAdapter:
     def layer_norm(self, X, gamma, beta):
         return d2l.layer_norm(tf.constant(X), tf.constant(gamma), tf.constant(beta)).numpy()
 
+    def group_norm(self, X, gamma, beta, num_groups):
+        return d2l.group_norm(tf.constant(X), tf.constant(gamma), tf.constant(beta),
+                              num_groups).numpy()
+
     def variant(self, X, gamma, beta, training, **options):
         C = X.shape[-1]
         return tuple(t.numpy() for t in d2l.batch_norm_variant(

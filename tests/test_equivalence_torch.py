@@ -78,6 +78,10 @@ class TorchAdapter:
         return d2l.layer_norm(torch.as_tensor(X), torch.as_tensor(gamma),
                               torch.as_tensor(beta)).numpy()
 
+    def group_norm(self, X, gamma, beta, num_groups):
+        return d2l.group_norm(torch.as_tensor(X), torch.as_tensor(gamma),
+                              torch.as_tensor(beta), num_groups).numpy()
+
     def variant(self, X, gamma, beta, training, **options):
         C = X.shape[1]
         return tuple(t.numpy() for t in d2l.batch_norm_variant(

@@ -185,6 +185,22 @@ def test_nhwc_statistics_are_one_per_channel_not_one_per_row():
 
 # --- Equivalence with Flax's own layer -----------------------------------------------------------
 
+def test_group_norm_matches_flax():
+    rng = np.random.default_rng(10)
+    for shape, num_groups in [((8, 12), 4), ((4, 5, 5, 6), 3)]:  # channels last
+        X = jnp.asarray((rng.standard_normal(shape) * 3 + 2).astype(np.float32))
+        gamma = jnp.asarray(rng.uniform(0.5, 1.5, shape[-1]), jnp.float32)
+        beta = jnp.asarray(rng.standard_normal(shape[-1]), jnp.float32)
+        # Flax's scale and bias are per channel, as ours; its statistics per example and group
+        ref = nn.GroupNorm(num_groups=num_groups, epsilon=1e-5, use_fast_variance=False)
+        expected = ref.apply({"params": {"scale": gamma, "bias": beta}}, X)
+        assert_close(d2l.group_norm(X, gamma, beta, num_groups), expected)
+        layer = d2l.GroupNorm(shape[-1], num_groups)
+        variables = layer.init(jax.random.PRNGKey(0), X)
+        assert set(variables) == {"params"}  # no running statistics
+        assert_close(layer.apply(variables, X), ref.apply(ref.init(jax.random.PRNGKey(0), X), X))
+
+
 def test_layer_norm_matches_flax():
     rng = np.random.default_rng(11)
     for shape in [(8, 20), (4, 7, 7, 3)]:
@@ -593,6 +609,15 @@ def test_recomputed_val_accuracy_needs_a_momentum_field_and_a_state():
         d2l.recomputed_val_accuracy(trainer, d2l.BNLeNet(lr=0.5), data)
     with pytest.raises(ValueError, match="num_batches must be a positive int"):
         d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(lr=0.5), data, num_batches=0)
+
+
+def test_recomputed_val_accuracy_refuses_a_model_without_batch_norm():
+    trainer = d2l.Trainer(max_epochs=1, report="none")
+    model = d2l.NormLeNet(lr=0.5, norms=(None,) * 4)
+    trainer.fit(model, Scripted())
+    with pytest.raises(ValueError, match="NormLeNet has no batch-normalization layer with running "
+                                         "statistics: nothing to recompute"):
+        d2l.recomputed_val_accuracy(trainer, model, FixedBatches(bright_batches(2)))
 
 
 def test_fit_calls_after_epoch_once_per_epoch_with_the_current_state():

@@ -167,6 +167,35 @@ def test_running_stats_are_parameters_that_are_not_trained(tmp_path):
 
 # --- Equivalence with Gluon's own layer ----------------------------------------------------------
 
+def mxnet_group_norm(X: np.ndarray, gamma, beta, num_groups: int) -> np.ndarray:
+    """MXNet 1.9's own group normalization, nd.GroupNorm (there is no npx.group_norm, and Gluon's
+    nn.GroupNorm takes no mxnet.np arrays). Its gamma and beta are per GROUP, (num_groups,), and
+    it needs at least 3 axes: a 2-D batch gets a trailing one."""
+    shape = X.shape
+    Y = mx.nd.GroupNorm(X.reshape(shape + (1,) * (3 - X.ndim)).as_nd_ndarray(),
+                        mx.nd.array(gamma), mx.nd.array(beta), num_groups=num_groups, eps=1e-5)
+    return Y.as_np_ndarray().reshape(shape)
+
+
+def test_group_norm_matches_mxnet():
+    # MXNet's gamma and beta are per group, ours per channel: compared with gamma ones and beta
+    # zeros (either way the same), then with per-group values repeated over each group's channels
+    rng = onp.random.default_rng(0)
+    for shape, num_groups in [((8, 12), 4), ((4, 6, 5, 5), 3)]:
+        X = np.array(rng.standard_normal(shape) * 3 + 2, dtype="float32")
+        C, per_group = shape[1], shape[1] // num_groups
+        expected = mxnet_group_norm(X, onp.ones(num_groups), onp.zeros(num_groups), num_groups)
+        assert_close(d2l.group_norm(X, np.ones(C), np.zeros(C), num_groups), expected)
+        layer = d2l.GroupNorm(C, num_groups)
+        layer.initialize()
+        assert_close(layer(X), expected)
+        gamma, beta = rng.uniform(0.5, 1.5, num_groups), rng.standard_normal(num_groups)
+        assert_close(d2l.group_norm(X, np.array(onp.repeat(gamma, per_group), dtype="float32"),
+                                    np.array(onp.repeat(beta, per_group), dtype="float32"),
+                                    num_groups),
+                     mxnet_group_norm(X, gamma, beta, num_groups))
+
+
 def test_layer_norm_matches_mxnet():
     rng = onp.random.default_rng(8)
     for shape in [(8, 20), (4, 3, 7, 7)]:
@@ -491,9 +520,17 @@ def test_recomputed_val_accuracy_leaves_the_model_bit_identical():
     assert not onp.array_equal(model.net[1].running_mean.data().asnumpy(), mean_before)
 
 
-def test_recomputed_val_accuracy_refuses_a_model_without_our_batch_norm():
-    with pytest.raises(ValueError, match="nothing to recompute"):
-        d2l.recomputed_val_accuracy(d2l.Trainer(max_epochs=1), d2l.BNLeNet(), Shifted())
+def test_recomputed_val_accuracy_refuses_a_model_without_batch_norm_or_batches():
+    data, trainer = Shifted(num_batches=2), d2l.Trainer(max_epochs=1, report="none")
+    # BNLeNet: Gluon's nn.BatchNorm, which has no momentum of ours to set
+    for model in (d2l.NormLeNet(norms=(None,) * 4), d2l.BNLeNet()):
+        with pytest.raises(ValueError,
+                           match="no batch-normalization layer with running statistics"):
+            d2l.recomputed_val_accuracy(trainer, model, data)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_batches must be a positive int"):
+            d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(), data, num_batches=bad)
+    assert data.shuffles == []  # refused before any work
 
 
 class SliceWithStoredOrder(Slice):

@@ -19,8 +19,9 @@ import pipeline  # noqa: E402
 # The two kinds of output (tools/nbval_modes.py): a cell tagged `measured` prints what the
 # floating-point path changes, and is checked by its asserts instead of its text.
 MEASURED = "measured"
-# Calls that train (methods, and the exercises' helper function): what follows is measured.
-TRAINING_METHODS, TRAINING_FUNCTIONS = {"fit", "train_data_parallel"}, {"train"}
+# Calls that train (methods, and the exercises' helper functions): what follows is measured.
+TRAINING_METHODS = {"fit", "train_data_parallel"}
+TRAINING_FUNCTIONS = {"train", "final_accuracy"}
 # A d2l_bn function that raises when its claim fails, as an assert would.
 CHECKING_CALLS = {"report"}
 # A measured magnitude in e-notation ("9.54e-07"); a stated bound or threshold ("≤ 1e-06",
@@ -153,6 +154,7 @@ def test_the_output_rule_catches_what_it_should():
     assert ROUND_OFF.search("synchronized  9.54e-07") and ROUND_OFF.search("| 3.8e-05 |")
     assert not ROUND_OFF.search("Y ≤ 1e-06, dX ≤ 1e-05") and not ROUND_OFF.search("to 1e-4")
     assert trains(ast.parse("h = trainer.fit(model, data)")) and trains(ast.parse("train(f)"))
+    assert trains(ast.parse("acc = {lr: final_accuracy(f, 3) for lr in rates}"))
     assert not trains(ast.parse("bn.train()"))
     assert asserts(ast.parse("print(reference.report(a, b))"))
     assert not asserts(ast.parse("print(history.val_acc[-1])"))
@@ -273,6 +275,8 @@ NOT_FROM_A_CELL = {
     ("batch-norm", "14"): "Ioffe and Szegedy's ImageNet result, cited",
     ("exercises", "7"): "√(8/7) - 1, derived in the same sentence",
     ("exercises", "10"): "chance: one class in ten",
+    ("exercises", "1.0002"): "4608 / 4607, derived in the same sentence",
+    ("exercises", "1.2"): "the size of ImageNet's training set, in millions: a cited fact",
     ("checks", "1"): "300² float32 units of rounding, derived in the same sentence",
     ("checks", "1.9"): "the MXNet release, a version",
     ("batch-norm", "1.9"): "the MXNet release, a version",

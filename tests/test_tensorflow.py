@@ -140,6 +140,22 @@ def test_running_stats_are_non_trainable_weights():
 
 # --- Equivalence with Keras' own layer -----------------------------------------------------------
 
+def test_group_norm_matches_keras():
+    rng = np.random.default_rng(0)
+    for shape, num_groups in [((8, 12), 4), ((4, 5, 5, 6), 3)]:
+        X = tf.constant(rng.standard_normal(shape) * 3 + 2, dtype=tf.float32)
+        gamma = tf.constant(rng.uniform(0.5, 1.5, shape[-1]), dtype=tf.float32)
+        beta = tf.constant(rng.standard_normal(shape[-1]), dtype=tf.float32)
+        ref = layers.GroupNormalization(groups=num_groups, axis=-1, epsilon=1e-5)
+        ref.build(shape)
+        ref.gamma.assign(gamma)
+        ref.beta.assign(beta)
+        assert_close(d2l.group_norm(X, gamma, beta, num_groups), ref(X))
+        layer = d2l.GroupNorm(shape[-1], num_groups)
+        plain = layers.GroupNormalization(groups=num_groups, axis=-1, epsilon=1e-5)
+        assert_close(layer(X), plain(X))
+
+
 def test_layer_norm_matches_keras():
     rng = np.random.default_rng(7)
     for shape, axis in [((8, 20), -1), ((4, 7, 7, 3), [1, 2, 3])]:
@@ -512,6 +528,15 @@ def test_recomputed_val_accuracy_leaves_the_model_as_it_was():
     d2l.recompute_statistics(model, data, num_batches=3)
     assert np.abs(first_mean.numpy() - old_mean).min() > 1e-6  # every channel changed
     assert accuracy == trainer.evaluate(model, data.val_dataloader())[1]
+
+
+def test_recomputed_val_accuracy_refuses_a_model_without_batch_norm_or_batches():
+    data, trainer = scripted_with_loader(num_batches=2), d2l.Trainer(max_epochs=1, report="none")
+    with pytest.raises(ValueError, match="no batch-normalization layer with running statistics"):
+        d2l.recomputed_val_accuracy(trainer, d2l.NormLeNet(norms=(None,) * 4), data)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_batches must be a positive int"):
+            d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(), data, num_batches=bad)
 
 
 class SliceWithLoader(Slice):

@@ -141,6 +141,17 @@ def test_running_stats_are_buffers():
 
 # --- Equivalence with PyTorch's own layer --------------------------------------------------------
 
+def test_group_norm_matches_torch():
+    torch.manual_seed(0)
+    for shape, num_groups in [((8, 12), 4), ((4, 6, 5, 5), 3)]:
+        X = torch.randn(shape) * 3 + 2
+        gamma, beta = torch.rand(shape[1]) + 0.5, torch.randn(shape[1])
+        expected = F.group_norm(X, num_groups, gamma, beta, eps=1e-5)
+        assert_close(d2l.group_norm(X, gamma, beta, num_groups), expected)
+        layer = d2l.GroupNorm(shape[1], num_groups)
+        assert_close(layer(X), F.group_norm(X, num_groups, eps=1e-5))
+
+
 def test_layer_norm_matches_torch():
     g = torch.Generator().manual_seed(6)
     for shape in [(8, 20), (4, 3, 7, 7)]:
@@ -440,6 +451,15 @@ def test_recomputed_val_accuracy_leaves_the_model_as_it_was():
     with_own = trainer.evaluate(model, data.val_dataloader())[1]
     d2l.recompute_statistics(model, data, num_batches=4)
     assert trainer.evaluate(model, data.val_dataloader())[1] == accuracy != with_own
+
+
+def test_recomputed_val_accuracy_refuses_a_model_without_batch_norm_or_batches():
+    data, trainer = InOrder(num_batches=2), d2l.Trainer(max_epochs=1, report="none")
+    with pytest.raises(ValueError, match="no batch-normalization layer with running statistics"):
+        d2l.recomputed_val_accuracy(trainer, d2l.NormLeNet(norms=(None,) * 4), data)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="num_batches must be a positive int"):
+            d2l.recomputed_val_accuracy(trainer, d2l.BNLeNetScratch(), data, num_batches=bad)
 
 
 def recorded_run(root, record: bool):

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 __all__ = ["test_variant_with_both_halves_is_batch_norm", "test_variant_halves",
-           "test_norm_lenet_parameter_counts", "test_mlp_variants_give_logits"]
+           "test_norm_lenet_parameter_counts", "test_mlp_variants_give_logits",
+           "test_mlp_rejects_an_unknown_norm"]
 
 RTOL, ATOL = 1e-5, 1e-5
 SHAPES = {"dense": (16, 5), "conv": (4, 3, 6, 6)}  # NCHW here; moved to NHWC where needed
@@ -97,9 +98,15 @@ def test_norm_lenet_parameter_counts(fw):
         fw.trainable_count("NormLeNet", norms=("batch",) * 3)
 
 
-@pytest.mark.parametrize("options", [{}, {"dropout": 0.5}, {"batch_norm": True}])
+@pytest.mark.parametrize("options", [{}, {"dropout": 0.5}, {"norm": "batch"}, {"norm": "layer"},
+                                     {"norm": "group"}, {"norm": "group", "num_groups": 8}])
 def test_mlp_variants_give_logits(fw, options):
     assert tuple(fw.logits_shape("MLP", **options)) == (4, 10)
     base = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    extra = 2 * (256 + 256) if options.get("batch_norm") else 0
+    extra = 2 * (256 + 256) if options.get("norm") else 0  # each norm's gamma and beta
     assert fw.trainable_count("MLP", **options) == base + extra
+
+
+def test_mlp_rejects_an_unknown_norm(fw):
+    with pytest.raises(ValueError, match="an MLP's norm is 'batch', 'layer', 'group' or None"):
+        fw.trainable_count("MLP", norm="instance")
