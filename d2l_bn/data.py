@@ -208,11 +208,12 @@ class Batches:
     """Minibatches of one split; every ``iter()`` starts a new epoch."""
 
     def __init__(self, data: "FashionMNIST", images: np.ndarray, labels: np.ndarray,
-                 shuffle: bool):
+                 shuffle: bool, batch_size: int):
         self.data, self.images, self.labels, self.shuffle = data, images, labels, shuffle
+        self.batch_size = batch_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.data.batch_size)  # the last batch may be partial
+        return math.ceil(len(self.labels) / self.batch_size)  # the last batch may be partial
 
     def __iter__(self) -> Iterator:
         n = len(self.labels)
@@ -220,7 +221,7 @@ class Batches:
         return self._batches(order)
 
     def _batches(self, order: np.ndarray) -> Iterator:
-        size = self.data.batch_size
+        size = self.batch_size
         for start in range(0, len(order), size):
             index = order[start:start + size]
             # Converted per batch: the float32 training set would take 188 MB more memory.
@@ -236,13 +237,20 @@ class FashionMNIST:
     layout = "NCHW"  # framework modules for JAX and TensorFlow set "NHWC"
 
     def __init__(self, batch_size: int = 64, *, root: Optional[os.PathLike] = None, seed: int = 0,
-                 urls: Optional[Sequence[str]] = None, cache_dir: Optional[os.PathLike] = None):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+                 urls: Optional[Sequence[str]] = None, cache_dir: Optional[os.PathLike] = None,
+                 val_batch_size: Optional[int] = None):
+        sizes = {"batch_size": batch_size} if val_batch_size is None else {
+            "batch_size": batch_size, "val_batch_size": val_batch_size}
+        for name, size in sizes.items():
+            if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+                raise ValueError(f"{name} must be a positive int, got {size!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"{type(self).__name__}.layout must be one of {LAYOUTS}, "
                              f"got {self.layout!r}")
         self.batch_size = int(batch_size)
+        # Prediction does not depend on the batch, so validation may use larger batches, and
+        # fewer steps, than training with small ones.
+        self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
         # One generator for all epochs: equal seeds give equal sequences of epochs.
         self.rng = np.random.default_rng(seed)
         arrays = load_fashion_mnist(root, urls=urls, cache_dir=cache_dir)
@@ -256,7 +264,8 @@ class FashionMNIST:
         order and draws nothing from ``self.rng``, so it leaves the training run's epochs as
         they would have been."""
         images, labels = self.train if train else self.val
-        return Batches(self, images, labels, shuffle=train if shuffle is None else shuffle)
+        return Batches(self, images, labels, shuffle=train if shuffle is None else shuffle,
+                       batch_size=self.batch_size if train else self.val_batch_size)
 
     def train_dataloader(self) -> Batches:
         return self.get_dataloader(train=True)

@@ -122,25 +122,33 @@ def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
     return getattr(X, "ctx", None)
 
 
+def _outer(column, row):
+    """The outer product of two 1-D arrays: a row per value of ``column``."""
+    return np.dot(column.reshape(-1, 1), row.reshape(1, -1))
+
+
 def _channel_mean(X):
     """The mean of X over every axis but axis 1: a (C,) array."""
     # As matrix-vector products: on the CPU, MXNet's reductions over several axes, and
     # their gradients, are many times slower than its matrix products.
-    rows = X.reshape(X.shape[0] * X.shape[1], -1)  # a row: one channel of one example
-    n_cols = rows.shape[1]  # values per channel and example
-    per_row = np.dot(rows, np.full(n_cols, 1 / n_cols, dtype=X.dtype))
-    return np.dot(np.full(X.shape[0], 1 / X.shape[0], dtype=X.dtype),
-                  per_row.reshape(X.shape[:2]))
+    per_example = X
+    if X.ndim > 2:  # first the mean of each channel of each example
+        rows = X.reshape(X.shape[0] * X.shape[1], -1)  # one channel of one example
+        n_cols = rows.shape[1]  # values per channel and example
+        per_row = np.dot(rows, np.full(n_cols, 1 / n_cols, dtype=X.dtype))
+        per_example = per_row.reshape(X.shape[:2])
+    return np.dot(np.full(X.shape[0], 1 / X.shape[0], dtype=X.dtype), per_example)
 
 
 def _per_channel(t, X):
     """Broadcast a (C,) array along axis 1 of X, to X's shape."""
     # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
     # a broadcast is a slow reduction, that of a matrix product a fast one.
-    ones_N = np.ones((X.shape[0], 1), dtype=t.dtype)
-    per_example = np.dot(ones_N, t.reshape(1, -1))  # (N, C)
-    ones_rest = np.ones((1, X.size // per_example.size), dtype=t.dtype)  # H * W, or 1
-    return np.dot(per_example.reshape(-1, 1), ones_rest).reshape(X.shape)
+    per_example = _outer(np.ones(X.shape[0], dtype=t.dtype), t)  # (N, C)
+    if X.ndim == 2:
+        return per_example
+    ones_rest = np.ones(X.size // per_example.size, dtype=t.dtype)  # H * W
+    return _outer(per_example.reshape(-1), ones_rest).reshape(X.shape)
 
 
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
@@ -198,6 +206,16 @@ class BatchNorm(nn.Block):
                 f"num_dims={self.num_dims}, momentum={self.momentum}, eps={self.eps})")
 
 
+def _standardize_rows(rows, eps):
+    """Each row of a 2-D array minus its mean, over sqrt(its variance + eps)."""
+    # Means as matrix-vector products, and per-row values spread by outer products,
+    # not by broadcasting, for the reasons _channel_mean and _per_channel give.
+    ones = np.ones(rows.shape[1], dtype=rows.dtype)
+    centered = rows - _outer(np.dot(rows, ones / rows.shape[1]), ones)
+    var = np.dot(np.square(centered), ones / rows.shape[1])
+    return centered * _outer(1 / np.sqrt(var + eps), ones)
+
+
 def layer_norm(X, gamma, beta, eps=1e-5):
     """Layer normalization (Ba et al., 2016) from scratch."""
     if X.ndim < 2:
@@ -208,10 +226,10 @@ def layer_norm(X, gamma, beta, eps=1e-5):
         raise ValueError(f"gamma and beta must have the shape of one example, "
                          f"{tuple(X.shape[1:])}; got {tuple(gamma.shape)} and "
                          f"{tuple(beta.shape)}.")
-    axes = tuple(range(1, X.ndim))
-    mean = X.mean(axis=axes, keepdims=True)
-    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
-    return gamma * (X - mean) / np.sqrt(var + eps) + beta
+    X_hat = _standardize_rows(X.reshape(X.shape[0], -1), eps)  # a row: one example
+    ones_N = np.ones(X.shape[0], dtype=X.dtype)
+    Y = X_hat * _outer(ones_N, gamma) + _outer(ones_N, beta)
+    return Y.reshape(X.shape)
 
 
 def group_norm(X, gamma, beta, num_groups, eps=1e-5):
@@ -221,12 +239,9 @@ def group_norm(X, gamma, beta, num_groups, eps=1e-5):
         raise ValueError(f"group_norm needs a batch whose channels (axis 1) split into "
                          f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
                          f"num_groups dividing the number of channels.")
-    groups = X.reshape(X.shape[0], num_groups, -1)
-    mean = groups.mean(axis=2, keepdims=True)
-    var = ((groups - mean) ** 2).mean(axis=2, keepdims=True)
-    X_hat = ((groups - mean) / np.sqrt(var + eps)).reshape(X.shape)
-    shape = (1, -1) + (1,) * (X.ndim - 2)
-    return gamma.reshape(shape) * X_hat + beta.reshape(shape)
+    rows = X.reshape(X.shape[0] * num_groups, -1)  # a row: one group of one example
+    X_hat = _standardize_rows(rows, eps).reshape(X.shape)
+    return X_hat * _per_channel(gamma, X) + _per_channel(beta, X)
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -467,6 +482,11 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
     """
     layers = [block for block in model.net if hasattr(block, "momentum")]
     if not layers:
+        if any(isinstance(block, nn.BatchNorm) for block in model.net):
+            raise ValueError(f"{type(model).__name__} has no batch-normalization layer with "
+                             f"running statistics that can be recomputed: Gluon's nn.BatchNorm "
+                             f"fixes its momentum when it is built; build the model with our "
+                             f"BatchNorm (as BNLeNetScratch does) to recompute them")
         raise ValueError(f"{type(model).__name__} has no batch-normalization layer with running "
                          f"statistics: nothing to recompute")
     if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:

@@ -368,14 +368,19 @@ class Trainer:
             repeat exactly.
         report: ``"auto"`` (a live figure in Jupyter, a progress bar elsewhere), ``"figure"``,
             ``"bar"``, ``"none"``, or a ``d2l_bn.training.Report`` instance.
+        jit_compile: compile the steps with XLA (the default), which fuses the many small
+            operations of a batch-normalization layer into fewer, faster ones. XLA compiles anew
+            for every model that ``fit`` trains, in a fixed time that a short run does not earn
+            back: for many runs of a few hundred steps each, ``False`` is faster.
 
     ``fit`` keeps the history in ``trainer.history`` however training ends: if the loss diverges
     (:class:`TrainingDiverged`) or on Ctrl-C, it holds the epochs completed before.
     """
 
     def __init__(self, max_epochs: int, num_gpus: int = 0, *, seed: Optional[int] = None,
-                 report: "str | Report" = "auto"):
+                 report: "str | Report" = "auto", jit_compile: bool = True):
         self.max_epochs, self.num_gpus, self.seed, self.report = max_epochs, num_gpus, seed, report
+        self.jit_compile = jit_compile
         use_gpu = num_gpus > 0 and bool(tf.config.list_physical_devices("GPU"))
         self.device = "/GPU:0" if use_gpu else "/CPU:0"
         self.history = History()
@@ -390,11 +395,10 @@ class Trainer:
                 tf.config.experimental.enable_op_determinism()
         optimizer = model.configure_optimizers()
         train_loader, val_loader = data.train_dataloader(), data.val_dataloader()
-        # Compiled with XLA (jit_compile): it fuses the many small elementwise operations of a
-        # batch-normalization layer, which makes a step about 1.7 times as fast on a CPU. Each new
-        # batch shape (the last, partial batch) compiles once more, in a second or two.
-        compiled_train_step = tf.function(partial(train_step, model, optimizer), jit_compile=True)
-        compiled_eval_step = tf.function(partial(eval_step, model), jit_compile=True)
+        # With XLA, each new batch shape (the last, partial batch) compiles once more.
+        compiled_train_step = tf.function(partial(train_step, model, optimizer),
+                                          jit_compile=self.jit_compile)
+        compiled_eval_step = tf.function(partial(eval_step, model), jit_compile=self.jit_compile)
         self.history = History()
         with tf.device(self.device):
             return run_epochs(
@@ -409,7 +413,8 @@ class Trainer:
         """Mean loss and accuracy of ``model`` over ``loader``, in prediction mode: e.g. on the
         training data, ``trainer.evaluate(model, data.get_dataloader(train=True))``."""
         with tf.device(self.device):
-            return evaluate(tf.function(partial(eval_step, model), jit_compile=True), loader)
+            return evaluate(tf.function(partial(eval_step, model), jit_compile=self.jit_compile),
+                            loader)
 
 
 # --- Recomputed statistics (the chapter's "Moving Averages or Recomputed Statistics") ---------

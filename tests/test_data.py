@@ -299,6 +299,14 @@ def test_val_batches_are_the_test_split_in_order(fm, arrays):
     assert np.array_equal(epoch(fm.val_dataloader()), arrays["test_labels"])
 
 
+def test_validation_batch_size_is_its_own(fashion_mnist_root, cache, fm):
+    data = FashionMNIST(2, root=fashion_mnist_root, cache_dir=cache, val_batch_size=3000)
+    assert {len(y) for _, y in data.train_dataloader()} == {2}
+    assert [len(y) for _, y in data.val_dataloader()] == [3000, 3000, 3000, 1000]
+    assert np.array_equal(epoch(data.val_dataloader()), epoch(fm.val_dataloader()))
+    assert len(data.val_dataloader()) == 4 and len(data.train_dataloader()) == 30000
+
+
 def test_nhwc_layout_has_the_same_pixels(fashion_mnist_root, cache, fm):
     nhwc = NHWC(batch_size=128, root=fashion_mnist_root, cache_dir=cache)
     X_nhwc, y_nhwc = next(iter(nhwc.val_dataloader()))
@@ -364,6 +372,12 @@ def test_training_epoch_is_fast(fm):
 def test_bad_batch_size(batch_size):
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         FashionMNIST(batch_size, root="/nonexistent")  # checked before any data is read
+
+
+@pytest.mark.parametrize("val_batch_size", [0, 2.5, False])
+def test_bad_validation_batch_size(val_batch_size):
+    with pytest.raises(ValueError, match="val_batch_size must be a positive int"):
+        FashionMNIST(64, root="/nonexistent", val_batch_size=val_batch_size)
 
 
 def test_bad_layout():

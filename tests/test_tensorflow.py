@@ -324,6 +324,29 @@ def Scripted(num_batches=4, **kwargs):
                         num_batches=num_batches, **kwargs)
 
 
+def test_jit_compile_off_trains_the_same_without_xla(monkeypatch):
+    asked = []
+    tf_function = tf.function
+
+    def recording_function(*args, **kwargs):
+        if args and isinstance(args[0], partial):  # the Trainer's steps; not Keras' own
+            asked.append(kwargs.get("jit_compile"))
+        return tf_function(*args, **kwargs)
+
+    monkeypatch.setattr(tf, "function", recording_function)
+    histories = {}
+    for jit_compile in (True, False):
+        keras.utils.set_random_seed(0)
+        model = d2l.BNLeNetScratch(lr=0.1)
+        trainer = d2l.Trainer(max_epochs=2, report="none", jit_compile=jit_compile)
+        histories[jit_compile] = trainer.fit(model, Scripted())
+        trainer.evaluate(model, Scripted().val_dataloader())
+    assert asked == [True] * 3 + [False] * 3  # training step, evaluation step, evaluate()
+    for field in ("train_loss", "val_loss", "val_acc"):  # XLA sums in another order
+        np.testing.assert_allclose(getattr(histories[False], field),
+                                   getattr(histories[True], field), rtol=1e-4)
+
+
 def test_nan_loss_raises_at_the_end_of_that_epoch_and_keeps_history():
     data = Scripted(nan_epoch=2)
     trainer = d2l.Trainer(max_epochs=4, report="none")
