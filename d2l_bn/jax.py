@@ -686,10 +686,10 @@ class MLP(Classifier):
     then dropout with probability ``dropout`` (none at 0; its random keys come from the
     Trainer's ``'dropout'`` stream)."""
 
-    num_hiddens: tuple = (256, 256)
+    num_hiddens: tuple = (128, 128)
     dropout: float = 0.0
     norm: Optional[str] = None
-    num_groups: int = 32
+    num_groups: int = 16
 
     @nn.compact
     def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:

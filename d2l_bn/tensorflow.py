@@ -617,8 +617,8 @@ class MLP(Classifier):
     then dropout with probability ``dropout`` (none at 0)."""
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
-                 num_hiddens: tuple = (256, 256), dropout: float = 0.0,
-                 norm: Optional[str] = None, num_groups: int = 32):
+                 num_hiddens: tuple = (128, 128), dropout: float = 0.0,
+                 norm: Optional[str] = None, num_groups: int = 16):
         super().__init__(lr)
         self.num_classes = num_classes
         blocks = [keras.Input(shape=_INPUT_SHAPE), layers.Flatten()]

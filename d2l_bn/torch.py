@@ -588,8 +588,8 @@ class MLP(Classifier):
     then dropout with probability ``dropout`` (none at 0)."""
 
     def __init__(self, lr: float = 0.1, num_classes: int = 10, *,
-                 num_hiddens: tuple[int, ...] = (256, 256), dropout: float = 0.0,
-                 norm: Optional[str] = None, num_groups: int = 32):
+                 num_hiddens: tuple[int, ...] = (128, 128), dropout: float = 0.0,
+                 norm: Optional[str] = None, num_groups: int = 16):
         super().__init__(lr)
         self.num_classes = num_classes
         blocks, inputs = [nn.Flatten()], 28 * 28
