@@ -102,8 +102,9 @@ def test_norm_lenet_parameter_counts(fw):
                                      {"norm": "group"}, {"norm": "group", "num_groups": 8}])
 def test_mlp_variants_give_logits(fw, options):
     assert tuple(fw.logits_shape("MLP", **options)) == (4, 10)
-    base = 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
-    extra = 2 * (256 + 256) if options.get("norm") else 0  # each norm's gamma and beta
+    hidden = 128  # the default width of both hidden layers
+    base = 784 * hidden + hidden + hidden * hidden + hidden + hidden * 10 + 10
+    extra = 2 * (hidden + hidden) if options.get("norm") else 0  # each norm's gamma and beta
     assert fw.trainable_count("MLP", **options) == base + extra
 
 
