@@ -7,8 +7,9 @@ steps each, so both figures matter. Three fits of a new model are timed: 1 epoch
 1 epoch again, 4 epochs. The per-step time is the difference of the last two over the 192 extra
 steps; the fixed cost is what a 1-epoch fit takes beyond its 64 steps, the first time and again
 (JAX reuses the compiled steps of an equal model, as the page's seeds do; the others do not).
-Validation, 2,048 images in batches of 512 as on the page, is counted in both. For TensorFlow both ways of compiling are timed (``jit_compile=True``, the
-Trainer's default, and ``False``, the page's choice).
+Validation, 2,048 images in batches of 512 as on the page, is counted in both. For TensorFlow
+both ways of compiling are timed (``jit_compile=True``, the Trainer's default, and ``False``, the
+page's choice).
 
 Run with the framework's environment, one thread as in CI's nbval lanes, e.g.:
 
