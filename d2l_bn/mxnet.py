@@ -89,19 +89,19 @@ def checked_input(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_me
     return X, dtype
 
 
-def finite_or_old(new: tuple[np.ndarray, ...], old: tuple[np.ndarray, ...]
-                  ) -> tuple[np.ndarray, ...]:
-    """``new`` if every value of the new statistics is finite, else ``old``.
+def finite_or_old(F, new: tuple, old: tuple) -> tuple:
+    """``new`` if every value of the new statistics is finite, else ``old``; ``F`` is MXNet's
+    operator module, ``mxnet.ndarray`` or, in a compiled graph, ``mxnet.symbol``.
 
     A batch with a NaN or an infinity gives a non-finite output, as it must, but leaves the
     running statistics as they were instead of poisoning every later prediction (the built-in
     layer lets it in); the Trainer reports the non-finite loss at the end of the epoch. Decided on
     the device, with ``np.where``, without making the host wait for it.
     """
-    finite = np.isfinite(new[0]).all()
+    finite = F.np.all(F.np.isfinite(new[0]))
     for t in new[1:]:
-        finite = finite * np.isfinite(t).all()
-    return tuple(np.where(finite, n, o) for n, o in zip(new, old))
+        finite = finite * F.np.all(F.np.isfinite(t))
+    return tuple(F.np.where(finite, n, o) for n, o in zip(new, old))
 
 
 def checked_num_dims(num_dims: int) -> int:
@@ -114,7 +114,8 @@ def checked_num_dims(num_dims: int) -> int:
 
 def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
     """The context (device) of a :class:`BatchNorm`'s input ``X``, whose rank must be the layer's
-    ``num_dims``; None for what is not an ``mxnet.np.ndarray`` (:func:`batch_norm` rejects it)."""
+    ``num_dims``; None for what is not an ``mxnet.np.ndarray`` (:func:`checked_input` rejects
+    it)."""
     if isinstance(X, np.ndarray) and X.ndim != num_dims:
         raise ValueError(f"this BatchNorm was built with num_dims={num_dims} but got a "
                          f"{X.ndim}-D input of shape {tuple(X.shape)}: use num_dims=2 after a "
@@ -122,66 +123,86 @@ def checked_context(X: np.ndarray, num_dims: int) -> Optional[mx.Context]:
     return getattr(X, "ctx", None)
 
 
-def _outer(column, row):
+def _outer(F, column, row):
     """The outer product of two 1-D arrays: a row per value of ``column``."""
-    return np.dot(column.reshape(-1, 1), row.reshape(1, -1))
+    return F.np.dot(column.reshape(-1, 1), row.reshape(1, -1))
 
 
-def _channel_mean(X):
-    """The mean of X over every axis but axis 1: a (C,) array."""
+def _channel_mean(F, X3):
+    """The mean of an (N, C, R) array over axes 0 and 2: a (C,) array."""
     # As matrix-vector products: on the CPU, MXNet's reductions over several axes, and
-    # their gradients, are many times slower than its matrix products.
-    per_example = X
-    if X.ndim > 2:  # first the mean of each channel of each example
-        rows = X.reshape(X.shape[0] * X.shape[1], -1)  # one channel of one example
-        n_cols = rows.shape[1]  # values per channel and example
-        per_row = np.dot(rows, np.full(n_cols, 1 / n_cols, dtype=X.dtype))
-        per_example = per_row.reshape(X.shape[:2])
-    return np.dot(np.full(X.shape[0], 1 / X.shape[0], dtype=X.dtype), per_example)
+    # their gradients, are many times slower than its matrix products. In a graph, X3
+    # has no shape to read: the counts are sums of vectors of ones.
+    ones_rest = F.np.ones_like(X3[0, 0])  # (R,)
+    per_example = F.np.dot(X3, ones_rest / ones_rest.sum())  # (N, C)
+    ones_examples = F.np.ones_like(per_example[:, 0])  # (N,)
+    return F.np.dot(ones_examples / ones_examples.sum(), per_example)
 
 
-def _per_channel(t, X):
-    """Broadcast a (C,) array along axis 1 of X, to X's shape."""
+def _per_channel(F, t, X3):
+    """A (C,) array repeated along axes 0 and 2 of an (N, C, R) array, to its shape."""
     # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
     # a broadcast is a slow reduction, that of a matrix product a fast one.
-    per_example = _outer(np.ones(X.shape[0], dtype=t.dtype), t)  # (N, C)
-    if X.ndim == 2:
-        return per_example
-    ones_rest = np.ones(X.size // per_example.size, dtype=t.dtype)  # H * W
-    return _outer(per_example.reshape(-1), ones_rest).reshape(X.shape)
+    ones_rest = F.np.ones_like(X3[0, 0])  # (R,)
+    ones_examples = F.np.ones_like(F.np.dot(X3, ones_rest)[:, 0])  # (N,)
+    per_example = _outer(F, ones_examples, t)  # (N, C)
+    return F.np.dot(F.npx.reshape(per_example, (-2, -2, 1)), ones_rest.reshape(1, -1))
 
 
-def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
+def batch_norm(F, X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
-    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
+    X3 = F.npx.reshape(X, (-2, -2, -1))  # (N, C, values per channel and example)
     if training:
-        mean = _channel_mean(X)
-        var = _channel_mean(np.square(X - _per_channel(mean, X)))
-        n = X.size // X.shape[1]  # values per channel
+        mean = _channel_mean(F, X3)
+        var = _channel_mean(F, F.np.square(X3 - _per_channel(F, mean, X3)))
+        n = F.np.ones_like(X3[:, 0]).sum()  # values per channel, N * R
         var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
-        new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
+        # Without .detach(), which a graph's symbols lack: no loss uses the new
+        # statistics, so no gradient flows through them
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * var_for_running
         new_mean, new_var = finite_or_old(
-            (new_mean, new_var), (running_mean, running_var))
+            F, (new_mean, new_var), (running_mean, running_var))
     else:
         mean, var = new_mean, new_var = running_mean, running_var
-    # gamma / sqrt(var + eps) per channel first: fewer operations on full-size arrays,
-    # each of which is slow on MXNet's CPU backend
-    scale = gamma / np.sqrt(var + eps)
-    Y = (X - _per_channel(mean, X)) * _per_channel(scale, X) + _per_channel(beta, X)
-    return Y.astype(dtype, copy=False), new_mean, new_var
+    # gamma / sqrt(var + eps) per channel first: fewer operations on full-size arrays
+    scale = gamma / F.np.sqrt(var + eps)
+    Y = ((X3 - _per_channel(F, mean, X3)) * _per_channel(F, scale, X3)
+         + _per_channel(F, beta, X3))
+    return F.npx.reshape_like(Y, X), new_mean, new_var
+
+
+class Hybridized(nn.HybridBlock):
+    """A function like batch_norm, in one mode, compiled into a graph (hybridized)."""
+
+    def __init__(self, function, training, **options):
+        super().__init__()
+        self.function, self.training, self.options = function, training, options
+        # One graph per input shape, its memory planned once (static_alloc)
+        self.hybridize(static_alloc=True, static_shape=True)
+
+    def hybrid_forward(self, F, X, gamma, beta, running_mean, running_var, *momentum):
+        # momentum, in training, is an input, not a constant of the graph: the
+        # chapter's recompute_statistics changes it between calls
+        return self.function(F, X, gamma, beta, running_mean, running_var,
+                             training=self.training, **self.options,
+                             **({"momentum": momentum[0]} if momentum else {}))
+
+    def __repr__(self):
+        options = "".join(f", {name}={value}" for name, value in self.options.items())
+        function = self.function.__name__
+        return f"{type(self).__name__}({function}, {self.training}{options})"
 
 
 class BatchNorm(nn.Block):
-    """Batch normalization layer from scratch, built on batch_norm."""
+    """Batch normalization layer from scratch, built on batch_norm compiled."""
 
     def __init__(self, num_features, num_dims, *, momentum=0.1, eps=1e-5,
-                 unbiased_running_var=False):
+                 function=batch_norm, **options):  # options: e.g. unbiased_running_var
         super().__init__()
         self.num_features, self.num_dims = num_features, checked_num_dims(num_dims)
         self.momentum, self.eps = momentum, eps
-        self.unbiased_running_var = unbiased_running_var
         self.gamma = self.params.get("gamma", shape=(num_features,), init=init.One())
         self.beta = self.params.get("beta", shape=(num_features,), init=init.Zero())
         # Parameters that are not trained, as in Gluon's layer: initialize(),
@@ -189,21 +210,22 @@ class BatchNorm(nn.Block):
         fixed = dict(shape=(num_features,), grad_req="null", differentiable=False)
         self.running_mean = self.params.get("running_mean", init=init.Zero(), **fixed)
         self.running_var = self.params.get("running_var", init=init.One(), **fixed)
+        self.train_graph = Hybridized(function, training=True, eps=eps, **options)
+        self.predict_graph = Hybridized(function, training=False, eps=eps, **options)
 
     def forward(self, X):
         ctx, training = checked_context(X, self.num_dims), autograd.is_training()
-        Y, mean, var = batch_norm(
-            X, self.gamma.data(ctx), self.beta.data(ctx), self.running_mean.data(ctx),
-            self.running_var.data(ctx), training=training, momentum=self.momentum,
-            eps=self.eps, unbiased_running_var=self.unbiased_running_var)
-        if training:  # in place, so the Parameters keep the arrays that they hand out
-            self.running_mean.set_data(mean)
-            self.running_var.set_data(var)
-        return Y
-
-    def __repr__(self):
-        return (f"{type(self).__name__}({self.num_features}, "
-                f"num_dims={self.num_dims}, momentum={self.momentum}, eps={self.eps})")
+        # gamma, beta and the running statistics; these detached, in and out:
+        # autograd must not hold the arrays that set_data overwrites in place
+        state = [p.data(ctx) if p.grad_req != "null" else p.data(ctx).detach()
+                 for p in self.params.values()]
+        X, dtype = checked_input(X, *state, training)
+        if not training:
+            return self.predict_graph(X, *state)[0].astype(dtype, copy=False)
+        Y, mean, var = self.train_graph(X, *state, np.array(self.momentum, ctx=ctx))
+        self.running_mean.set_data(mean.detach())
+        self.running_var.set_data(var.detach())
+        return Y.astype(dtype, copy=False)
 
 
 def _standardize_rows(rows, eps):
@@ -211,9 +233,9 @@ def _standardize_rows(rows, eps):
     # Means as matrix-vector products, and per-row values spread by outer products,
     # not by broadcasting, for the reasons _channel_mean and _per_channel give.
     ones = np.ones(rows.shape[1], dtype=rows.dtype)
-    centered = rows - _outer(np.dot(rows, ones / rows.shape[1]), ones)
+    centered = rows - _outer(mx.nd, np.dot(rows, ones / rows.shape[1]), ones)
     var = np.dot(np.square(centered), ones / rows.shape[1])
-    return centered * _outer(1 / np.sqrt(var + eps), ones)
+    return centered * _outer(mx.nd, 1 / np.sqrt(var + eps), ones)
 
 
 def layer_norm(X, gamma, beta, eps=1e-5):
@@ -228,7 +250,7 @@ def layer_norm(X, gamma, beta, eps=1e-5):
                          f"{tuple(beta.shape)}.")
     X_hat = _standardize_rows(X.reshape(X.shape[0], -1), eps)  # a row: one example
     ones_N = np.ones(X.shape[0], dtype=X.dtype)
-    Y = X_hat * _outer(ones_N, gamma) + _outer(ones_N, beta)
+    Y = X_hat * _outer(mx.nd, ones_N, gamma) + _outer(mx.nd, ones_N, beta)
     return Y.reshape(X.shape)
 
 
@@ -240,8 +262,10 @@ def group_norm(X, gamma, beta, num_groups, eps=1e-5):
                          f"{num_groups} equal groups; got shape {tuple(X.shape)}. Choose "
                          f"num_groups dividing the number of channels.")
     rows = X.reshape(X.shape[0] * num_groups, -1)  # a row: one group of one example
-    X_hat = _standardize_rows(rows, eps).reshape(X.shape)
-    return X_hat * _per_channel(gamma, X) + _per_channel(beta, X)
+    X3 = X.reshape(X.shape[0], X.shape[1], -1)  # (N, C, values per channel)
+    X_hat = _standardize_rows(rows, eps).reshape(X3.shape)
+    Y = X_hat * _per_channel(mx.nd, gamma, X3) + _per_channel(mx.nd, beta, X3)
+    return Y.reshape(X.shape)
 
 
 # --- Models --------------------------------------------------------------------------------------
@@ -301,7 +325,8 @@ class BNLeNetScratch(Classifier):
     def __init__(self, lr=0.1, num_classes=10):
         super().__init__(lr)
         self.num_classes = num_classes
-        # Not hybridized into a graph: our BatchNorm changes its state from Python
+        # Not hybridized as a whole: our BatchNorm compiles its mathematics, and
+        # changes its running statistics from Python
         self.net = nn.Sequential()
         self.net.add(
             nn.Conv2D(6, kernel_size=5, in_channels=1), BatchNorm(6, num_dims=4),
@@ -506,54 +531,36 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
 
 # --- Variants for the exercises (chapters/exercises.md) ------------------------------------------
 
-def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
+def batch_norm_variant(F, X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
-    X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
+    X3 = F.npx.reshape(X, (-2, -2, -1))  # (N, C, values per channel and example)
     if training:
-        mean = _channel_mean(X)
-        var = _channel_mean(np.square(X - _per_channel(mean, X)))
-        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
-        new_var = (1 - momentum) * running_var + momentum * var.detach()
+        mean = _channel_mean(F, X3)
+        var = _channel_mean(F, F.np.square(X3 - _per_channel(F, mean, X3)))
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * var
     else:
         mean, var = new_mean, new_var = running_mean, running_var
-    X_hat = X - _per_channel(mean, X) if subtract_mean else X
+    X_hat = X3 - _per_channel(F, mean, X3) if subtract_mean else X3
     if divide_std:
-        X_hat = X_hat * _per_channel(1 / np.sqrt(var + eps), X)
-    Y = X_hat * _per_channel(gamma, X) + _per_channel(beta, X)
-    return Y.astype(dtype, copy=False), new_mean, new_var
+        X_hat = X_hat * _per_channel(F, 1 / F.np.sqrt(var + eps), X3)
+    Y = X_hat * _per_channel(F, gamma, X3) + _per_channel(F, beta, X3)
+    return F.npx.reshape_like(Y, X), new_mean, new_var
 
 
-class BatchNormVariant(nn.Block):
+class BatchNormVariant(BatchNorm):
     """:class:`BatchNorm` built on :func:`batch_norm_variant`, with its two options, and
     ``learn_affine=False`` to keep gamma at 1 and beta at 0 (``grad_req='null'``)."""
 
     def __init__(self, num_features: int, num_dims: int, *, momentum: float = 0.1,
                  eps: float = 1e-5, subtract_mean: bool = True, divide_std: bool = True,
                  learn_affine: bool = True):
-        super().__init__()
-        self.num_features, self.num_dims, self.momentum, self.eps = (
-            num_features, num_dims, momentum, eps)
-        self.subtract_mean, self.divide_std = subtract_mean, divide_std
-        shape, affine = (num_features,), "write" if learn_affine else "null"
-        self.gamma = self.params.get("gamma", shape=shape, init=init.One(), grad_req=affine)
-        self.beta = self.params.get("beta", shape=shape, init=init.Zero(), grad_req=affine)
-        self.running_mean = self.params.get("running_mean", shape=shape, init=init.Zero(),
-                                            grad_req="null", differentiable=False)
-        self.running_var = self.params.get("running_var", shape=shape, init=init.One(),
-                                           grad_req="null", differentiable=False)
-
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        ctx = getattr(X, "ctx", None)
-        training = autograd.is_training()
-        Y, mean, var = batch_norm_variant(
-            X, self.gamma.data(ctx), self.beta.data(ctx), self.running_mean.data(ctx),
-            self.running_var.data(ctx), training=training, momentum=self.momentum, eps=self.eps,
-            subtract_mean=self.subtract_mean, divide_std=self.divide_std)
-        if training:
-            self.running_mean.set_data(mean)
-            self.running_var.set_data(var)
-        return Y
+        super().__init__(num_features, num_dims, momentum=momentum, eps=eps,
+                         function=batch_norm_variant, subtract_mean=subtract_mean,
+                         divide_std=divide_std)
+        if not learn_affine:
+            self.gamma.grad_req = self.beta.grad_req = "null"
 
 
 class LayerNorm(nn.Block):

@@ -3,6 +3,7 @@ the same checks (tests/equivalence.py)."""
 
 import numpy as onp
 import pytest
+import mxnet as mx
 from mxnet import autograd, np, npx
 from mxnet.gluon import nn
 
@@ -65,8 +66,8 @@ class MXNetAdapter:
 
     def batch_norm(self, X, gamma, beta):
         C = X.shape[1]
-        Y, _, _ = d2l.batch_norm(np.array(X), np.array(gamma), np.array(beta), np.zeros(C),
-                                 np.ones(C), training=True)
+        Y, _, _ = d2l.batch_norm(mx.nd, np.array(X), np.array(gamma), np.array(beta),
+                                 np.zeros(C), np.ones(C), training=True)
         return Y.asnumpy()
 
     def layer_norm(self, X, gamma, beta):
@@ -79,7 +80,7 @@ class MXNetAdapter:
     def variant(self, X, gamma, beta, training, **options):
         C = X.shape[1]
         return tuple(t.asnumpy() for t in d2l.batch_norm_variant(
-            np.array(X), np.array(gamma), np.array(beta), np.zeros(C), np.ones(C),
+            mx.nd, np.array(X), np.array(gamma), np.array(beta), np.zeros(C), np.ones(C),
             training=training, **options))
 
     def _model(self, name, **options):
