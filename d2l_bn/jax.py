@@ -28,7 +28,8 @@ from . import data as _data  # noqa: E402
 from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
-__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+__all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classifier",
+           "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "TrainState", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
@@ -117,25 +118,33 @@ def finite_or_old(new: Sequence[jax.Array], old: Sequence[jax.Array]) -> tuple[j
 # relative precision (0.1% for a channel with mean 100 and std 1, 1.5% for mean 300), where the
 # two-pass variance stays within 1e-7.
 
+def batch_statistics(X, running_mean, running_var, *, training, momentum=0.1,
+                     unbiased_running_var=False, use_fast_variance=False):
+    """The mean and variance to normalize X with, and the new running statistics."""
+    if not training:
+        return running_mean, running_var, running_mean, running_var
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # every axis but the last, the channels
+    mean = X.mean(axis=axes)
+    var = ((X - mean) ** 2).mean(axis=axes)
+    if use_fast_variance:  # one pass, as in Flax's BatchNorm; less exact in float32
+        var = jnp.maximum(0.0, (X * X).mean(axis=axes) - mean * mean)
+    n = X.size // X.shape[-1]  # values per channel
+    var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+    batch_mean, batch_var = jax.lax.stop_gradient((mean, var_for_running))
+    new_mean = (1 - momentum) * running_mean + momentum * batch_mean
+    new_var = (1 - momentum) * running_var + momentum * batch_var
+    new_mean, new_var = finite_or_old(
+        (new_mean, new_var), (running_mean, running_var))
+    return mean, var, new_mean, new_var
+
+
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training, momentum=0.1,
                eps=1e-5, unbiased_running_var=False, use_fast_variance=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # every axis but the last, the channels
-    if training:
-        mean = X.mean(axis=axes)
-        var = ((X - mean) ** 2).mean(axis=axes)
-        if use_fast_variance:  # one pass, as in Flax's BatchNorm; less exact in float32
-            var = jnp.maximum(0.0, (X * X).mean(axis=axes) - mean * mean)
-        n = X.size // X.shape[-1]  # values per channel
-        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        batch_mean, batch_var = jax.lax.stop_gradient((mean, var_for_running))
-        new_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_var = (1 - momentum) * running_var + momentum * batch_var
-        new_mean, new_var = finite_or_old(
-            (new_mean, new_var), (running_mean, running_var))
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum,
+        unbiased_running_var=unbiased_running_var, use_fast_variance=use_fast_variance)
     X_hat = (X - mean) / jnp.sqrt(var + eps)
     return (gamma * X_hat + beta).astype(dtype), new_mean, new_var
 
@@ -538,15 +547,8 @@ def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)
-    if training:
-        mean = X.mean(axis=axes)
-        var = ((X - mean) ** 2).mean(axis=axes)
-        batch_mean, batch_var = jax.lax.stop_gradient((mean, var))
-        new_mean = (1 - momentum) * running_mean + momentum * batch_mean
-        new_var = (1 - momentum) * running_var + momentum * batch_var
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum)
     X_hat = X - mean if subtract_mean else X
     if divide_std:
         X_hat = X_hat / jnp.sqrt(var + eps)

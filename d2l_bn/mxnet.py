@@ -28,7 +28,8 @@ from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E40
 # runtime, for the whole process: it is flipped once, here, when the module is imported.
 npx.set_np()
 
-__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+__all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classifier",
+           "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
@@ -149,23 +150,32 @@ def _per_channel(F, t, X3):
     return F.np.dot(F.npx.reshape(per_example, (-2, -2, 1)), ones_rest.reshape(1, -1))
 
 
+def batch_statistics(F, X, running_mean, running_var, *, training, momentum=0.1,
+                     unbiased_running_var=False):
+    """The mean and variance to normalize X with, and the new running statistics."""
+    if not training:
+        return running_mean, running_var, running_mean, running_var
+    X3 = F.npx.reshape(X, (-2, -2, -1))  # (N, C, values per channel and example)
+    mean = _channel_mean(F, X3)
+    var = _channel_mean(F, F.np.square(X3 - _per_channel(F, mean, X3)))
+    n = F.np.ones_like(X3[:, 0]).sum()  # values per channel, N * R
+    var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+    # Without .detach(), which a graph's symbols lack: no loss uses the new
+    # statistics, so no gradient flows through them
+    new_mean = (1 - momentum) * running_mean + momentum * mean
+    new_var = (1 - momentum) * running_var + momentum * var_for_running
+    new_mean, new_var = finite_or_old(
+        F, (new_mean, new_var), (running_mean, running_var))
+    return mean, var, new_mean, new_var
+
+
 def batch_norm(F, X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
+    mean, var, new_mean, new_var = batch_statistics(
+        F, X, running_mean, running_var, training=training, momentum=momentum,
+        unbiased_running_var=unbiased_running_var)
     X3 = F.npx.reshape(X, (-2, -2, -1))  # (N, C, values per channel and example)
-    if training:
-        mean = _channel_mean(F, X3)
-        var = _channel_mean(F, F.np.square(X3 - _per_channel(F, mean, X3)))
-        n = F.np.ones_like(X3[:, 0]).sum()  # values per channel, N * R
-        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        # Without .detach(), which a graph's symbols lack: no loss uses the new
-        # statistics, so no gradient flows through them
-        new_mean = (1 - momentum) * running_mean + momentum * mean
-        new_var = (1 - momentum) * running_var + momentum * var_for_running
-        new_mean, new_var = finite_or_old(
-            F, (new_mean, new_var), (running_mean, running_var))
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
     # gamma / sqrt(var + eps) per channel first: fewer operations on full-size arrays
     scale = gamma / F.np.sqrt(var + eps)
     Y = ((X3 - _per_channel(F, mean, X3)) * _per_channel(F, scale, X3)
@@ -534,14 +544,9 @@ def recomputed_val_accuracy(trainer: Trainer, model: Classifier, data,
 def batch_norm_variant(F, X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
-    X3 = F.npx.reshape(X, (-2, -2, -1))  # (N, C, values per channel and example)
-    if training:
-        mean = _channel_mean(F, X3)
-        var = _channel_mean(F, F.np.square(X3 - _per_channel(F, mean, X3)))
-        new_mean = (1 - momentum) * running_mean + momentum * mean
-        new_var = (1 - momentum) * running_var + momentum * var
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
+    mean, var, new_mean, new_var = batch_statistics(
+        F, X, running_mean, running_var, training=training, momentum=momentum)
+    X3 = F.npx.reshape(X, (-2, -2, -1))
     X_hat = X3 - _per_channel(F, mean, X3) if subtract_mean else X3
     if divide_std:
         X_hat = X_hat * _per_channel(F, 1 / F.np.sqrt(var + eps), X3)

@@ -25,7 +25,8 @@ from . import data as _data  # noqa: E402
 from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
-__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+__all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classifier",
+           "BNLeNetScratch", "BNLeNet",
            "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
@@ -89,24 +90,32 @@ def finite_or_old(new: tuple, old: tuple) -> tuple:
     return tuple(tf.where(finite, t_new, t_old) for t_new, t_old in zip(new, old))
 
 
+def batch_statistics(X, running_mean, running_var, *, training, momentum=0.1,
+                     unbiased_running_var=False):
+    """The mean and variance to normalize X with, and the new running statistics."""
+    if not training:
+        return running_mean, running_var, running_mean, running_var
+    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # every axis but the last, the channels
+    mean = tf.reduce_mean(X, axis=axes)
+    var = tf.reduce_mean(tf.square(X - mean), axis=axes)
+    n = tf.cast(tf.size(X) // tf.shape(X)[-1], X.dtype)  # values per channel
+    var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+    new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
+    new_var = ((1 - momentum) * running_var
+               + momentum * tf.stop_gradient(var_for_running))
+    new_mean, new_var = finite_or_old(
+        (new_mean, new_var), (running_mean, running_var))
+    return mean, var, new_mean, new_var
+
+
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)  # channels last: (C,) broadcasts as is
-    if training:
-        mean = tf.reduce_mean(X, axis=axes)
-        var = tf.reduce_mean(tf.square(X - mean), axis=axes)
-        n = tf.cast(tf.size(X) // tf.shape(X)[-1], X.dtype)  # values per channel
-        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
-        new_var = ((1 - momentum) * running_var
-                   + momentum * tf.stop_gradient(var_for_running))
-        new_mean, new_var = finite_or_old(
-            (new_mean, new_var), (running_mean, running_var))
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
-    X_hat = (X - mean) / tf.sqrt(var + eps)
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum,
+        unbiased_running_var=unbiased_running_var)
+    X_hat = (X - mean) / tf.sqrt(var + eps)  # channels last: (C,) broadcasts as is
     Y = gamma * X_hat + beta
     return tf.cast(Y, dtype), new_mean, new_var
 
@@ -468,14 +477,8 @@ def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 1, 2)
-    if training:
-        mean = tf.reduce_mean(X, axis=axes)
-        var = tf.reduce_mean(tf.square(X - mean), axis=axes)
-        new_mean = (1 - momentum) * running_mean + momentum * tf.stop_gradient(mean)
-        new_var = (1 - momentum) * running_var + momentum * tf.stop_gradient(var)
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum)
     X_hat = X - mean if subtract_mean else X
     if divide_std:
         X_hat = X_hat / tf.sqrt(var + eps)

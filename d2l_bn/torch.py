@@ -20,7 +20,8 @@ from . import data as _data  # noqa: E402
 from .plotting import plot_curves, plot_shared_statistics  # noqa: E402,F401 (the chapter)
 from .training import History, Report, TrainingDiverged, run_epochs  # noqa: E402
 
-__all__ = ["batch_norm", "BatchNorm", "layer_norm", "Classifier", "BNLeNetScratch", "BNLeNet",
+__all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classifier",
+           "BNLeNetScratch", "BNLeNet",
            "init_cnn", "FashionMNIST", "Trainer", "History", "TrainingDiverged",
            "recompute_statistics", "recomputed_val_accuracy",
            # for the exercises
@@ -113,23 +114,32 @@ def check_layer_input(X: torch.Tensor, num_dims: int) -> None:
                          f"fully connected layer, 4 after a convolution.")
 
 
+def batch_statistics(X, running_mean, running_var, *, training, momentum=0.1,
+                     unbiased_running_var=False):
+    """The mean and variance to normalize X with, and the new running statistics."""
+    if not training:
+        return running_mean, running_var, running_mean, running_var
+    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) + (1,) * (X.ndim - 2)  # a (C,) vector along axis 1
+    mean = X.mean(dim=axes)
+    var = ((X - mean.reshape(shape)) ** 2).mean(dim=axes)
+    n = X.numel() // X.shape[1]  # values per channel
+    var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
+    new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
+    new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
+    new_mean, new_var = finite_or_old(
+        (new_mean, new_var), (running_mean, running_var))
+    return mean, var, new_mean, new_var
+
+
 def batch_norm(X, gamma, beta, running_mean, running_var, *, training,
                momentum=0.1, eps=1e-5, unbiased_running_var=False):
     """Batch-normalize X; return Y and the new running mean and variance."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
-    shape = (1, -1) + (1,) * (X.ndim - 2)  # a (C,) vector along axis 1
-    if training:
-        mean = X.mean(dim=axes)
-        var = ((X - mean.reshape(shape)) ** 2).mean(dim=axes)
-        n = X.numel() // X.shape[1]  # values per channel
-        var_for_running = var * (n / (n - 1)) if unbiased_running_var else var
-        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
-        new_var = (1 - momentum) * running_var + momentum * var_for_running.detach()
-        new_mean, new_var = finite_or_old(
-            (new_mean, new_var), (running_mean, running_var))
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum,
+        unbiased_running_var=unbiased_running_var)
+    shape = (1, -1) + (1,) * (X.ndim - 2)
     X_hat = (X - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
     Y = gamma.reshape(shape) * X_hat + beta.reshape(shape)
     return Y.to(dtype), new_mean, new_var
@@ -446,15 +456,9 @@ def batch_norm_variant(X, gamma, beta, running_mean, running_var, *, training,
                        momentum=0.1, eps=1e-5, subtract_mean=True, divide_std=True):
     """batch_norm with either half of the standardization switched off."""
     X, dtype = checked_input(X, gamma, beta, running_mean, running_var, training)
-    axes = (0,) if X.ndim == 2 else (0, 2, 3)
+    mean, var, new_mean, new_var = batch_statistics(
+        X, running_mean, running_var, training=training, momentum=momentum)
     shape = (1, -1) + (1,) * (X.ndim - 2)
-    if training:
-        mean = X.mean(dim=axes)
-        var = ((X - mean.reshape(shape)) ** 2).mean(dim=axes)
-        new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
-        new_var = (1 - momentum) * running_var + momentum * var.detach()
-    else:
-        mean, var = new_mean, new_var = running_mean, running_var
     X_hat = X - mean.reshape(shape) if subtract_mean else X
     if divide_std:
         X_hat = X_hat / torch.sqrt(var.reshape(shape) + eps)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 __all__ = ["test_variant_with_both_halves_is_batch_norm", "test_variant_halves",
+           "test_variant_keeps_running_statistics_of_a_non_finite_batch",
            "test_norm_lenet_parameter_counts", "test_mlp_variants_give_logits",
            "test_mlp_rejects_an_unknown_norm"]
 
@@ -83,6 +84,17 @@ def test_variant_halves(fw, shape_name):
                                rtol=RTOL, atol=ATOL)
     only_centered, _, _ = fw.variant(X, gamma, beta, True, divide_std=False)
     np.testing.assert_allclose(only_centered, gamma_c * (X - mean) + beta_c, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("options", [{}, {"subtract_mean": False}, {"divide_std": False}])
+def test_variant_keeps_running_statistics_of_a_non_finite_batch(fw, options):
+    """The variant's statistics are batch_norm's (batch_statistics): its guard too."""
+    X, gamma, beta = batch(fw, "conv")
+    X[0, 0, 0, 0] = np.nan
+    Y, new_mean, new_var = fw.variant(X, gamma, beta, True, **options)
+    assert np.isnan(Y).any()
+    np.testing.assert_array_equal(new_mean, np.zeros(3))
+    np.testing.assert_array_equal(new_var, np.ones(3))
 
 
 def test_norm_lenet_parameter_counts(fw):
