@@ -54,9 +54,9 @@ def model_only(model: d2l.Classifier):
 
 
 def lenet_step(name: str, first_batch, compiled: bool):
-    """One SGD step of the chapter's LeNet, hybridized or not; None where it cannot be."""
-    if name == "BNLeNetScratch" and compiled:
-        return None  # its BatchNorm is a Block: see bn_step
+    """One SGD step of the chapter's LeNet, hybridized or not. The scratch LeNet's net is a plain
+    Sequential, whose hybridize() reaches each layer: the Hybridized graphs of our BatchNorm
+    too, so not compiled, its batch_norm runs operation by operation."""
     model = build(name, first_batch)
     model.net.hybridize(active=compiled)
     optimizer = model.configure_optimizers()
@@ -72,18 +72,19 @@ def lenet_step(name: str, first_batch, compiled: bool):
 
 
 def bn_step(kind: str, shape: tuple, compiled: bool):
-    """One training-mode forward and backward pass of a BN layer on a (N, C[, H, W]) input, or
-    None where the layer cannot be compiled."""
+    """One training-mode forward and backward pass of a BN layer on a (N, C[, H, W]) input. Our
+    BatchNorm is a Block whose hybridize() reaches its Hybridized graphs: not compiled, its
+    batch_norm runs operation by operation, as the shipped layer's graphs would without it."""
     num_features = shape[1]
     if kind == "scratch":
-        if compiled:
-            return None  # a Block, not a HybridBlock: it updates its running statistics in Python
         layer = d2l.BatchNorm(num_features, num_dims=len(shape))
     else:
         layer = nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=num_features)
     layer.initialize(ctx=CTX)
     if compiled:
         layer.hybridize(static_alloc=True, static_shape=True)
+    else:
+        layer.hybridize(active=False)
     mx.random.seed(0)
     X = np.random.normal(3, 2, size=shape, ctx=CTX)
     grad_Y = np.random.normal(size=shape, ctx=CTX)

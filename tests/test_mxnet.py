@@ -149,6 +149,35 @@ def test_batch_norm_is_pure_and_the_layer_keeps_running_stats_out_of_autograd():
             stat.backward()
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_the_compiled_graph_computes_what_batch_norm_computes_as_written(shape, unbiased):
+    """The layer runs batch_norm hybridized; with hybridize(active=False) the same function runs
+    operation by operation on mxnet.ndarray. Both give the same outputs, gradients and running
+    statistics, over steps of two batch sizes and in prediction."""
+    rng = onp.random.default_rng(7)
+    layers = [scratch_layer(shape, onp.random.default_rng(8), unbiased_running_var=unbiased)
+              for _ in range(2)]
+    layers[1].hybridize(active=False)
+    for batch in (shape, (shape[0] // 2,) + shape[1:], shape):
+        X = np.array(rng.normal(2, 3, batch), dtype="float32")
+        results = []
+        for layer in layers:
+            X_ = X.copy()
+            X_.attach_grad()
+            with autograd.record():
+                Y = layer(X_)
+                loss = (Y * Y * Y).sum()
+            loss.backward()
+            results.append([Y, X_.grad, layer.gamma.grad(), layer.running_mean.data(),
+                            layer.running_var.data(), layer(X)])
+        for compiled, as_written in zip(*results):
+            assert_close(compiled, as_written, atol=1e-4)
+    # (Gluon's private state: the first layer ran a cached graph, the second did not)
+    assert layers[0].train_graph._cached_op is not None
+    assert layers[1].train_graph._cached_op is None
+
+
 def test_running_stats_are_parameters_that_are_not_trained(tmp_path):
     layer = scratch_layer((4, 5))
     params = layer.collect_params()
