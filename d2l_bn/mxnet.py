@@ -193,11 +193,11 @@ class Hybridized(nn.HybridBlock):
         self.hybridize(static_alloc=True, static_shape=True)
 
     def hybrid_forward(self, F, X, gamma, beta, running_mean, running_var, *momentum):
-        # momentum, in training, is an input, not a constant of the graph: the
+        # In training, momentum is an input of the graph, not a constant in it: the
         # chapter's recompute_statistics changes it between calls
+        options = dict(self.options, momentum=momentum[0]) if momentum else self.options
         return self.function(F, X, gamma, beta, running_mean, running_var,
-                             training=self.training, **self.options,
-                             **({"momentum": momentum[0]} if momentum else {}))
+                             training=self.training, **options)
 
     def __repr__(self):
         options = "".join(f", {name}={value}" for name, value in self.options.items())
@@ -206,7 +206,7 @@ class Hybridized(nn.HybridBlock):
 
 
 class BatchNorm(nn.Block):
-    """Batch normalization layer from scratch, built on batch_norm compiled."""
+    """Batch normalization layer from scratch, built on batch_norm, compiled."""
 
     def __init__(self, num_features, num_dims, *, momentum=0.1, eps=1e-5,
                  function=batch_norm, **options):  # options: e.g. unbiased_running_var
@@ -225,8 +225,8 @@ class BatchNorm(nn.Block):
 
     def forward(self, X):
         ctx, training = checked_context(X, self.num_dims), autograd.is_training()
-        # gamma, beta and the running statistics; these detached, in and out:
-        # autograd must not hold the arrays that set_data overwrites in place
+        # gamma, beta, running_mean, running_var; those not trained detached, going
+        # in and coming out: autograd must not hold what set_data overwrites in place
         state = [p.data(ctx) if p.grad_req != "null" else p.data(ctx).detach()
                  for p in self.params.values()]
         X, dtype = checked_input(X, *state, training)
