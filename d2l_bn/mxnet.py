@@ -129,14 +129,19 @@ def _outer(F, column, row):
     return F.np.dot(column.reshape(-1, 1), row.reshape(1, -1))
 
 
+def _ones(F, X3):
+    """Vectors of ones along axes 0 and 2 of an (N, C, R) array: (N,) and (R,)."""
+    # Sliced from X3, as a graph has no shape to read (and never X3[:, 0, 0]: on a
+    # recorded input, MXNet 1.9.1 dies of a floating-point exception on that index)
+    return F.np.ones_like(X3[:, 0][:, 0]), F.np.ones_like(X3[0, 0])
+
+
 def _channel_mean(F, X3):
     """The mean of an (N, C, R) array over axes 0 and 2: a (C,) array."""
     # As matrix-vector products: on the CPU, MXNet's reductions over several axes, and
-    # their gradients, are many times slower than its matrix products. In a graph, X3
-    # has no shape to read: the counts are sums of vectors of ones.
-    ones_rest = F.np.ones_like(X3[0, 0])  # (R,)
+    # their gradients, are many times slower than its matrix products.
+    ones_examples, ones_rest = _ones(F, X3)
     per_example = F.np.dot(X3, ones_rest / ones_rest.sum())  # (N, C)
-    ones_examples = F.np.ones_like(per_example[:, 0])  # (N,)
     return F.np.dot(ones_examples / ones_examples.sum(), per_example)
 
 
@@ -144,8 +149,7 @@ def _per_channel(F, t, X3):
     """A (C,) array repeated along axes 0 and 2 of an (N, C, R) array, to its shape."""
     # As outer products with ones, not by broadcasting: on the CPU, MXNet's gradient of
     # a broadcast is a slow reduction, that of a matrix product a fast one.
-    ones_rest = F.np.ones_like(X3[0, 0])  # (R,)
-    ones_examples = F.np.ones_like(F.np.dot(X3, ones_rest)[:, 0])  # (N,)
+    ones_examples, ones_rest = _ones(F, X3)
     per_example = _outer(F, ones_examples, t)  # (N, C)
     return F.np.dot(F.npx.reshape(per_example, (-2, -2, 1)), ones_rest.reshape(1, -1))
 
