@@ -236,7 +236,9 @@ class BatchNorm(nn.Block):
         X, dtype = checked_input(X, *state, training)
         if not training:
             return self.predict_graph(X, *state)[0].astype(dtype, copy=False)
-        Y, mean, var = self.train_graph(X, *state, np.array(self.momentum, ctx=ctx))
+        # np.full, not np.array, which copies from Python and waits for the queue
+        momentum = np.full((), self.momentum, ctx=ctx)
+        Y, mean, var = self.train_graph(X, *state, momentum)
         self.running_mean.set_data(mean.detach())
         self.running_var.set_data(var.detach())
         return Y.astype(dtype, copy=False)
