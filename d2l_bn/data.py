@@ -230,6 +230,14 @@ class Batches:
             yield self.data.to_tensors(X, y)
 
 
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int, or a ValueError naming the argument ``name`` if it is not a positive
+    int (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 class FashionMNIST:
     """Fashion-MNIST minibatches served from memory; the official test split is the validation
     split, as in the book."""
@@ -239,18 +247,14 @@ class FashionMNIST:
     def __init__(self, batch_size: int = 64, *, root: Optional[os.PathLike] = None, seed: int = 0,
                  urls: Optional[Sequence[str]] = None, cache_dir: Optional[os.PathLike] = None,
                  val_batch_size: Optional[int] = None):
-        sizes = {"batch_size": batch_size} if val_batch_size is None else {
-            "batch_size": batch_size, "val_batch_size": val_batch_size}
-        for name, size in sizes.items():
-            if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
-                raise ValueError(f"{name} must be a positive int, got {size!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"{type(self).__name__}.layout must be one of {LAYOUTS}, "
                              f"got {self.layout!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = _positive_int("batch_size", batch_size)
         # Prediction does not depend on the batch, so validation may use larger batches, and
         # fewer steps, than training with small ones.
-        self.val_batch_size = self.batch_size if val_batch_size is None else int(val_batch_size)
+        self.val_batch_size = self.batch_size if val_batch_size is None else _positive_int(
+            "val_batch_size", val_batch_size)
         # One generator for all epochs: equal seeds give equal sequences of epochs.
         self.rng = np.random.default_rng(seed)
         arrays = load_fashion_mnist(root, urls=urls, cache_dir=cache_dir)

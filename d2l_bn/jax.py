@@ -615,22 +615,6 @@ class GroupNorm(nn.Module):
         return group_norm(X, gamma, beta, self.num_groups, self.eps)
 
 
-def _mlp_norm(kind: Optional[str], num_features: int, num_groups: int) -> list:
-    """The normalization layer of an MLP's hidden layer of a kind, in a list (empty for None).
-
-    Built inside the MLP's ``__call__``, the layer belongs to the MLP; :class:`BatchNorm` alone
-    takes ``train``."""
-    if kind == "batch":
-        return [BatchNorm(num_features, num_dims=2)]
-    if kind == "layer":
-        return [LayerNorm()]  # gamma and beta of shape (num_features,), found at initialization
-    if kind == "group":
-        return [GroupNorm(num_features, num_groups)]
-    if kind is None:
-        return []
-    raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, got {kind!r}")
-
-
 class NormLeNet(Classifier):
     """LeNet with a normalization of choice after each of its four hidden layers (conv1, conv2,
     fc1, fc2), before the sigmoid; the normalization layers are named ``norm1`` to ``norm4``.
@@ -693,14 +677,25 @@ class MLP(Classifier):
     norm: Optional[str] = None
     num_groups: int = 16
 
+    def _norm(self, X: jax.Array, train: bool) -> jax.Array:
+        """A hidden layer's normalization of kind ``self.norm`` applied to X (X for None);
+        called from ``__call__``, its layer belongs to the MLP."""
+        if self.norm == "batch":
+            return BatchNorm(X.shape[-1], num_dims=2)(X, train)
+        if self.norm == "layer":
+            return LayerNorm()(X)  # gamma and beta of shape (features,), found at init
+        if self.norm == "group":
+            return GroupNorm(X.shape[-1], self.num_groups)(X)
+        if self.norm is None:
+            return X
+        raise ValueError(f"an MLP's norm is 'batch', 'layer', 'group' or None, "
+                         f"got {self.norm!r}")
+
     @nn.compact
     def __call__(self, X: jax.Array, train: bool = True) -> jax.Array:
         X = X.reshape((X.shape[0], -1))  # flatten
         for outputs in self.num_hiddens:
-            X = nn.Dense(outputs, kernel_init=init_cnn)(X)
-            for layer in _mlp_norm(self.norm, outputs, self.num_groups):
-                X = layer(X, train) if isinstance(layer, BatchNorm) else layer(X)
-            X = nn.relu(X)
+            X = nn.relu(self._norm(nn.Dense(outputs, kernel_init=init_cnn)(X), train))
             if self.dropout > 0:
                 X = nn.Dropout(self.dropout, deterministic=not train)(X)
         return nn.Dense(self.num_classes, kernel_init=init_cnn)(X)
