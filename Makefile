@@ -110,9 +110,11 @@ TORCH_INDEX_FLAGS = $(if $(and $(filter torch,$*),$(filter requirements,$(REQUIR
 
 # Its kernel, registered in the book venv with the environment that tools/stamp.py declares (which
 # is part of every notebook's stamp).
-$(VENV)/%/.kernel: $(VENV)/%/.installed tools/stamp.py
+# Then the kernel's own options (tools/pipeline.py, KERNEL_OPTIONS), which ipykernel install cannot set.
+$(VENV)/%/.kernel: $(VENV)/%/.installed tools/stamp.py tools/pipeline.py
 	$(VENV)/$*/bin/python -m ipykernel install --prefix $(abspath $(BOOK_VENV)) \
 		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $$($(PIPELINE) kernel-env $* --accel $(ACCEL))
+	$(PIPELINE) kernel-options $* $(abspath $(BOOK_VENV))/share/jupyter/kernels/d2l-bn-$*/kernel.json
 	touch $@
 
 # MathJax 3, served with the site so that equations render offline (Jupyter Book 1 loads it from a
@@ -186,10 +188,10 @@ test:
 
 pytest: $(FRAMEWORKS:%=pytest-%) pytest-book
 
-# TensorFlow outside its kernel as in it (tools/stamp.py, KERNEL_ENV: no C++ log lines, oneDNN off
+# TensorFlow outside its kernel as in it (tools/stamp.py, KERNEL_ENV: no C++ log lines, oneDNN on
 # for the same numerics); tests/test_envs.py holds the two equal.
 pytest-tensorflow seeds bench: export TF_CPP_MIN_LOG_LEVEL := 3
-pytest-tensorflow seeds bench: export TF_ENABLE_ONEDNN_OPTS := 0
+pytest-tensorflow seeds bench: export TF_ENABLE_ONEDNN_OPTS := 1
 
 $(FRAMEWORKS:%=pytest-%) pytest-book: pytest-%:
 	@$(TIMED) "pytest in $*" $(VENV)/$*/bin/python -m pytest $(PYTEST_FLAGS) $(TESTS_$*)

@@ -14,7 +14,7 @@ page's choice).
 Run with the framework's environment, one thread as in CI's nbval lanes, e.g.:
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \\
-        TF_ENABLE_ONEDNN_OPTS=0 MXNET_CPU_WORKER_NTHREADS=1 \\
+        TF_ENABLE_ONEDNN_OPTS=1 MXNET_CPU_WORKER_NTHREADS=1 \\
         .venv/tensorflow/bin/python benchmarks/mlp_runs.py tensorflow
 """
 

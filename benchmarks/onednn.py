@@ -1,12 +1,13 @@
 """What TensorFlow's oneDNN optimizations change for the book: LeNet + BN training step rates and
-the numbers they compute, with ``TF_ENABLE_ONEDNN_OPTS=0`` (the kernel's setting) against ``1``
-(TensorFlow's default on x86), side by side in one run.
+the numbers they compute, with ``TF_ENABLE_ONEDNN_OPTS=0`` against ``1`` (TensorFlow's default on
+x86, and the kernel's setting since stop 40), side by side in one run.
 
 The variable is read when TensorFlow loads, so each setting runs in its own process, the two
 alternating (0, 1, 0, 1, ...) so that a slow spell of the machine hits both. Each process trains
-both LeNets as the Trainer does (``train_step`` compiled with XLA, staged Fashion-MNIST batches)
-and, from the same initial weights and batches, records the loss of every step and the logits of
-a validation batch after them, so that the two settings' numbers can be compared.
+both LeNets with ``train_step`` compiled two ways: with XLA, as the Trainer does by default, and
+without (``jit_compile=False``), as the exercises page trains; staged Fashion-MNIST batches. From
+the same initial weights and batches it records the loss of every step and the logits of a
+validation batch after them, so that the two settings' numbers can be compared.
 
 Run in the TensorFlow environment:
 ``.venv/tensorflow/bin/python benchmarks/onednn.py [--out benchmarks/results/cpu/onednn.json]``.
@@ -26,6 +27,8 @@ from pathlib import Path
 from timing import host, write_json
 
 SETTINGS = ("0", "1")
+CASES = {f"{name}, {'XLA' if xla else 'no XLA'}": (name, xla)
+         for xla in (True, False) for name in ("BNLeNetScratch", "BNLeNet")}
 
 
 def worker(args) -> None:
@@ -40,11 +43,11 @@ def worker(args) -> None:
     batches = batches[:args.steps]
     X_val, _ = next(iter(data.val_dataloader()))
     result = {}
-    for name in ("BNLeNetScratch", "BNLeNet"):
+    for name, (model_name, jit_compile) in CASES.items():
         keras.utils.set_random_seed(0)
-        model = getattr(d2l, name)(lr=0.1)
+        model = getattr(d2l, model_name)(lr=0.1)
         optimizer = model.configure_optimizers()
-        step = tf.function(partial(d2l.train_step, model, optimizer), jit_compile=True)
+        step = tf.function(partial(d2l.train_step, model, optimizer), jit_compile=jit_compile)
         losses = []
         start = None
         for index, (X, y) in enumerate(batches):
@@ -84,19 +87,20 @@ def main() -> None:
     import numpy as np
 
     figures = {}
-    print(f"{'model':<15} {'steps/s, oneDNN off':>20} {'on':>8} {'on/off':>7} "
+    print(f"{'model':<23} {'steps/s, oneDNN off':>20} {'on':>8} {'on/off':>7} "
           f"{'max |loss diff|':>16} {'max |logit diff|':>17} {'same run twice':>15}")
-    for name in ("BNLeNetScratch", "BNLeNet"):
+    for name in CASES:
         rates = {s: statistics.median(run[name]["rate"] for run in runs[s]) for s in SETTINGS}
         off, on = runs["0"][0][name], runs["1"][0][name]
         loss_diff = float(np.max(np.abs(np.subtract(off["losses"], on["losses"]))))
         logit_diff = float(np.max(np.abs(np.subtract(off["logits"], on["logits"]))))
-        repeat_diff = float(np.max(np.abs(np.subtract(off["logits"], runs["0"][-1][name]["logits"]))))
+        again = runs["0"][-1][name]["logits"]
+        repeat_diff = float(np.max(np.abs(np.subtract(off["logits"], again))))
         figures[name] = {"steps_per_s": rates, "on_over_off": round(rates["1"] / rates["0"], 3),
                          "max_abs_loss_difference": loss_diff,
                          "max_abs_logit_difference": logit_diff,
                          "max_abs_logit_difference_same_setting": repeat_diff}
-        print(f"{name:<15} {rates['0']:20.1f} {rates['1']:8.1f} {rates['1'] / rates['0']:7.2f} "
+        print(f"{name:<23} {rates['0']:20.1f} {rates['1']:8.1f} {rates['1'] / rates['0']:7.2f} "
               f"{loss_diff:16.2e} {logit_diff:17.2e} {repeat_diff:15.2e}")
     if args.out:
         write_json(args.out, {"benchmark": "onednn", "host": host(), "steps": args.steps,

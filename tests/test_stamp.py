@@ -94,8 +94,8 @@ def test_a_new_version_of_an_imported_distribution_re_executes_its_framework(scr
 def test_the_kernel_environment_is_part_of_the_stamp(scratch):
     module = scratch / "tools" / "stamp.py"
     text = module.read_text()
-    assert '"TF_ENABLE_ONEDNN_OPTS": "0"' in text
-    module.write_text(text.replace('"TF_ENABLE_ONEDNN_OPTS": "0"', '"TF_ENABLE_ONEDNN_OPTS": "1"'))
+    assert '"TF_ENABLE_ONEDNN_OPTS": "1"' in text
+    module.write_text(text.replace('"TF_ENABLE_ONEDNN_OPTS": "1"', '"TF_ENABLE_ONEDNN_OPTS": "0"'))
     assert stale(scratch) == sorted(path for path in ALL_NOTEBOOKS if "/tensorflow/" in path)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -51,6 +52,10 @@ STAMP_KEYS = ("input_hash", "executed_with")
 OUTPUT_KIND_TAGS = {"measured"}
 # Colab and Studio Lab accept this kernelspec; the framework's kernel is chosen at run time.
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# Options of a kernel's own command line, after ipykernel install's: with oneDNN on, TensorFlow
+# writes a line from C++ straight to stderr when it loads, which TF_CPP_MIN_LOG_LEVEL does not
+# silence; the kernel then keeps its process's stderr out of the outputs (Python's warnings show).
+KERNEL_OPTIONS = {"tensorflow": ["--IPKernelApp.capture_fd_output=False"]}
 
 INSTALL_CELL = '''\
 # On Colab or SageMaker Studio Lab, install what the platform lacks: d2l_bn, and {name} with it
@@ -311,10 +316,19 @@ def merge(source: Path) -> nbformat.NotebookNode:
     return merged
 
 
+def add_kernel_options(framework: str, kernel_json: Path) -> None:
+    """Append the framework's KERNEL_OPTIONS to the argv of its installed kernelspec, once."""
+    spec = json.loads(kernel_json.read_text())
+    spec["argv"] += [option for option in KERNEL_OPTIONS.get(framework, [])
+                     if option not in spec["argv"]]
+    kernel_json.write_text(json.dumps(spec, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command",
-                        choices=["split", "execute", "stale", "merge", "check", "kernel-env"])
+                        choices=["split", "execute", "stale", "merge", "check", "kernel-env",
+                                 "kernel-options"])
     parser.add_argument("--framework", choices=list(FRAMEWORKS), action="append",
                         help="execute only these frameworks' notebooks (default: all)")
     parser.add_argument("--page", action="append",
@@ -323,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accel", choices=["cpu", "cuda"], default="cpu",
                         help="kernel-env: for the CPU or the CUDA environments")
     parser.add_argument("kernel_framework", nargs="?", choices=list(FRAMEWORKS),
-                        help="kernel-env: the framework whose kernel's --env options to print")
+                        help="kernel-env, kernel-options: the kernel's framework")
+    parser.add_argument("kernel_json", nargs="?", type=Path,
+                        help="kernel-options: the kernel.json that ipykernel install wrote")
     args = parser.parse_args(argv)
 
     if args.command == "split":
@@ -349,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "kernel-env":
         print(" ".join(f"--env {name} {value}" for name, value
                        in stamp.kernel_env(args.kernel_framework, args.accel).items()))
+    elif args.command == "kernel-options":
+        add_kernel_options(args.kernel_framework, args.kernel_json)
     elif args.command == "merge":
         MERGED.mkdir(exist_ok=True)
         for source in chapter_sources():

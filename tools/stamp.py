@@ -34,14 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What each framework's kernelspec sets (`make envs` registers the kernels with them; pipeline.py
 # kernel-env prints them): TensorFlow's C++ logging writes to stderr, which would end up in the
-# outputs, and oneDNN's fused kernels take another floating-point path than the tests'.
+# outputs. oneDNN on (TensorFlow's default on x86, said explicitly): without XLA, as the exercises
+# train, TensorFlow's steps run 1.7-1.8 times as fast with it (benchmarks/onednn.py).
 # JAX_PLATFORMS: on a GPU host the CPU build of jaxlib warns on stderr ("An NVIDIA GPU may be
 # present on this machine, but a CUDA-enabled jaxlib is not installed").
 KERNEL_ENV = {
     "torch": {},
     "mxnet": {},
     "jax": {"JAX_PLATFORMS": "cpu"},
-    "tensorflow": {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"},
+    "tensorflow": {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "1"},
 }
 # Left out of the CUDA environments' kernels (make envs ACCEL=cuda), whose JAX is for the GPU.
 CPU_ONLY_ENV = {"JAX_PLATFORMS"}
