@@ -7,8 +7,7 @@ Both variants run in one process, taking turns, two rounds; the figure is steps 
 staged batches, the best of three timed passes after a warm-up pass. Run with one thread, as in
 CI's nbval lanes:
 
-    OMP_NUM_THREADS=1 MXNET_CPU_WORKER_NTHREADS=1 \\
-        .venv/mxnet/bin/python benchmarks/mxnet_host_wait.py
+    OMP_NUM_THREADS=1 .venv/mxnet/bin/python benchmarks/mxnet_host_wait.py
 """
 
 import time
