@@ -110,7 +110,8 @@ TORCH_INDEX_FLAGS = $(if $(and $(filter torch,$*),$(filter requirements,$(REQUIR
 
 # Its kernel, registered in the book venv with the environment that tools/stamp.py declares (which
 # is part of every notebook's stamp).
-# Then the kernel's own options (tools/pipeline.py, KERNEL_OPTIONS), which ipykernel install cannot set.
+# Then the kernel's own options (tools/pipeline.py, KERNEL_OPTIONS), which ipykernel install
+# cannot set.
 $(VENV)/%/.kernel: $(VENV)/%/.installed tools/stamp.py tools/pipeline.py
 	$(VENV)/$*/bin/python -m ipykernel install --prefix $(abspath $(BOOK_VENV)) \
 		--name d2l-bn-$* --display-name "Python 3 (d2l-bn, $*)" $$($(PIPELINE) kernel-env $* --accel $(ACCEL))

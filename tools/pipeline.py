@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"--env {name} {value}" for name, value
                        in stamp.kernel_env(args.kernel_framework, args.accel).items()))
     elif args.command == "kernel-options":
+        if args.kernel_json is None or not args.kernel_json.is_file():
+            parser.error("kernel-options needs a framework and the kernel.json that ipykernel "
+                         "install wrote, e.g. kernel-options tensorflow "
+                         ".venv/book/share/jupyter/kernels/d2l-bn-tensorflow/kernel.json")
         add_kernel_options(args.kernel_framework, args.kernel_json)
     elif args.command == "merge":
         MERGED.mkdir(exist_ok=True)
