@@ -10,12 +10,11 @@ CI's nbval lanes:
     OMP_NUM_THREADS=1 .venv/mxnet/bin/python benchmarks/mxnet_host_wait.py
 """
 
-import time
-
 import mxnet as mx
 from mxnet import autograd
 
 from d2l_bn import mxnet as d2l
+from timing import median_seconds
 
 NUM_STEPS = 60
 CASES = (("BNLeNetScratch", 128), ("BNLeNetScratch", 16), ("MLP", 128), ("MLP", 16))
@@ -48,13 +47,7 @@ def steps_per_second(name: str, batch_size: int) -> float:
             optimizer.step(1)
         mx.nd.waitall()
 
-    one_pass()
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        one_pass()
-        seconds.append(time.perf_counter() - start)
-    return NUM_STEPS / min(seconds)
+    return NUM_STEPS / min(median_seconds(one_pass, warmup=1, repeats=3))
 
 
 def main() -> None:
