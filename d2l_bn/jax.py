@@ -39,9 +39,9 @@ __all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classif
 
 # --- Batch normalization from scratch ------------------------------------------------------------
 
-# The chapter shows batch_norm and BatchNorm as short teaching code; what hardens them lives here,
-# in the helpers they call: checked_input (clear errors, half precision), finite_or_old (the
-# guard against non-finite batches), check_num_dims and check_layer_input (the layer's checks).
+# The chapter shows batch_norm, BatchNorm and layer_norm as plain teaching code; these are the
+# same mathematics hardened, with checks of the input, half precision and a guard against
+# non-finite batches in the helpers below. tests/page_equivalence.py holds the two equal.
 #
 # Channels-last needs no reshaping: a (C,) array broadcasts along the last axis of a 2-D
 # (batch, features) and of a 4-D (batch, height, width, channels) input alike.
@@ -312,23 +312,21 @@ class BNLeNet(Classifier):
 
     @nn.compact
     def __call__(self, X, train=True):
+        # use_running_average is `not train`; Flax's momentum 0.9 is our 0.1
+        norm = partial(nn.BatchNorm, not train, momentum=0.9, axis_name=self.axis_name)
         X = nn.Conv(6, (5, 5), padding="VALID", kernel_init=init_cnn,
                     name="conv1")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
-                                    name="bn1")(X))
+        X = nn.sigmoid(norm(name="bn1")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = nn.Conv(16, (5, 5), padding="VALID", kernel_init=init_cnn,
                     name="conv2")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
-                                    name="bn2")(X))
+        X = nn.sigmoid(norm(name="bn2")(X))
         X = nn.avg_pool(X, (2, 2), strides=(2, 2))
         X = X.reshape((X.shape[0], -1))  # flatten
         X = nn.Dense(120, kernel_init=init_cnn, name="fc1")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
-                                    name="bn3")(X))
+        X = nn.sigmoid(norm(name="bn3")(X))
         X = nn.Dense(84, kernel_init=init_cnn, name="fc2")(X)
-        X = nn.sigmoid(nn.BatchNorm(not train, momentum=0.9, axis_name=self.axis_name,
-                                    name="bn4")(X))
+        X = nn.sigmoid(norm(name="bn4")(X))
         return nn.Dense(self.num_classes, kernel_init=init_cnn, name="fc3")(X)
 
 

@@ -38,8 +38,9 @@ __all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classif
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
-# What the chapter shows is the mathematics; the checks of the input, half precision and the guard
-# against non-finite batches live in the helpers below, which the shown code calls.
+# The chapter shows batch_norm, BatchNorm and layer_norm as plain teaching code; these are the
+# same mathematics hardened, with checks of the input, half precision and a guard against
+# non-finite batches in the helpers below. tests/page_equivalence.py holds the two equal.
 
 def checked_input(X: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                   running_var: np.ndarray, training: bool) -> tuple[np.ndarray, onp.dtype]:
@@ -352,8 +353,7 @@ class BNLeNetScratch(Classifier):
             nn.Flatten(), nn.Dense(120, in_units=_FLAT), BatchNorm(120, num_dims=2),
             nn.Activation("sigmoid"),
             nn.Dense(84, in_units=120), BatchNorm(84, num_dims=2),
-            nn.Activation("sigmoid"),
-            nn.Dense(num_classes, in_units=84))
+            nn.Activation("sigmoid"), nn.Dense(num_classes, in_units=84))
         self.initialize()
 
 
@@ -364,22 +364,16 @@ class BNLeNet(Classifier):
         super().__init__(lr)
         self.num_classes = num_classes
         self.net = nn.HybridSequential()
-        # Gluon's defaults, momentum=0.9 and epsilon=1e-5, written out so that both
-        # LeNets visibly use the same settings
+        # Gluon's defaults are ours: momentum 0.9 (of the old average), epsilon 1e-5
         self.net.add(
-            nn.Conv2D(6, kernel_size=5, in_channels=1),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=6),
+            nn.Conv2D(6, kernel_size=5, in_channels=1), nn.BatchNorm(in_channels=6),
             nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
-            nn.Conv2D(16, kernel_size=5, in_channels=6),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=16),
+            nn.Conv2D(16, kernel_size=5, in_channels=6), nn.BatchNorm(in_channels=16),
             nn.Activation("sigmoid"), nn.AvgPool2D(pool_size=2, strides=2),
-            nn.Flatten(), nn.Dense(120, in_units=_FLAT),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=120),
+            nn.Flatten(), nn.Dense(120, in_units=_FLAT), nn.BatchNorm(in_channels=120),
             nn.Activation("sigmoid"),
-            nn.Dense(84, in_units=120),
-            nn.BatchNorm(momentum=0.9, epsilon=1e-5, in_channels=84),
-            nn.Activation("sigmoid"),
-            nn.Dense(num_classes, in_units=84))
+            nn.Dense(84, in_units=120), nn.BatchNorm(in_channels=84),
+            nn.Activation("sigmoid"), nn.Dense(num_classes, in_units=84))
         self.initialize()
         self.net.hybridize()
 

@@ -35,6 +35,9 @@ __all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classif
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
+# The chapter shows batch_norm, BatchNorm and layer_norm as plain teaching code; these are the
+# same mathematics hardened, with checks of the input, half precision and a guard against
+# non-finite batches in the helpers below. tests/page_equivalence.py holds the two equal.
 
 def checked_input(X: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, running_mean: tf.Tensor,
                   running_var: tf.Tensor, training: bool) -> tuple[tf.Tensor, tf.DType]:

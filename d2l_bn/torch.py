@@ -30,8 +30,9 @@ __all__ = ["batch_statistics", "batch_norm", "BatchNorm", "layer_norm", "Classif
 
 
 # --- Batch normalization from scratch ------------------------------------------------------------
-# What the chapter shows is the mathematics; the checks of the input, half precision and the guard
-# against non-finite batches live in the helpers below, which the shown code calls.
+# The chapter shows batch_norm, BatchNorm and layer_norm as plain teaching code; these are the
+# same mathematics hardened, with checks of the input, half precision and a guard against
+# non-finite batches in the helpers below. tests/page_equivalence.py holds the two equal.
 
 def checked_input(X: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
                   running_mean: torch.Tensor, running_var: torch.Tensor,

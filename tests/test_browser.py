@@ -115,6 +115,30 @@ def test_no_code_block_scrolls_sideways(browser, site, page):
     assert not any(overflowing.values()), overflowing
 
 
+# The code a reader sees: the code cells' inputs in the chosen framework's tabs (a hidden tab has
+# no box), and the code cells outside tab sets.
+SHOWN_CODE = r"""
+return Array.from(document.querySelectorAll("div.cell_input pre"))
+  .filter((pre) => pre.offsetParent !== null)
+  .map((pre) => pre.textContent);
+"""
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES)
+def test_no_assert_is_shown(browser, site, page):
+    """Checks live in cells the website leaves out (tagged remove-cell); in no framework's tabs
+    does a reader meet an assert."""
+    for framework in FRAMEWORKS:
+        open_page(browser, site + page + f"?framework={framework}")
+        shown = browser.execute_script(SHOWN_CODE)
+        assert len(shown) > 3, f"{page}, {framework}: almost no code shown, so nothing was tested"
+        asserts = [line for code in shown for line in code.splitlines()
+                   if re.match(r"\s*assert\b", line)]
+        assert asserts == [], f"{page}, {framework}: asserts shown: {asserts}"
+    if page == "book/batch-norm.html":
+        assert any("def batch_norm(" in code for code in shown), "the scratch code is not shown"
+
+
 def choose(browser, tab_set_index: int, framework: str) -> None:
     """Click a framework's tab in one tab set, as a reader would."""
     tab_set = [s for s in browser.find_elements(By.CSS_SELECTOR, ".sd-tab-set")

@@ -10,7 +10,7 @@ import pytest
 from conventions import CONVENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTER = ROOT / "chapters" / "batch-norm.md"
+PRACTICE = ROOT / "chapters" / "batch-norm-practice.md"  # with the table of `momentum`
 CHECKS = ROOT / "chapters" / "checks.md"  # the appendix, with the conventions table
 FRAMEWORKS = ["torch", "mxnet", "jax", "tensorflow"]  # the table's column order
 
@@ -31,10 +31,10 @@ def table() -> dict[str, list[str]]:
 
 
 def momentum_table() -> list[list[str]]:
-    """The one table of what `momentum` means (section sec-batch-norm-prediction), in the
+    """The one table of what `momentum` means (section sec-batch-norm-momentum), in the
     frameworks' order: the cells after the framework's name."""
-    text = CHAPTER.read_text()
-    lines = text[text.index("(sec-batch-norm-prediction)="):].splitlines()
+    text = PRACTICE.read_text()
+    lines = text[text.index("(sec-batch-norm-momentum)="):].splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("| Framework | Built-in"))
     return [[c.strip() for c in line.strip("|").split("|")][1:]
             for line in lines[first + 2:first + 2 + len(FRAMEWORKS)]]
@@ -52,9 +52,10 @@ def test_momentum_table_states_the_pinned_convention(framework):
 
 
 def test_momentum_is_stated_in_one_table():
-    text = CHAPTER.read_text()
-    assert text.count("| Framework | Built-in layer | Its `momentum`") == 1
-    assert "`momentum` weights |" not in text and "`momentum` default" not in text
+    pages = [path.read_text() for path in sorted((ROOT / "chapters").glob("*.md"))]
+    assert sum(text.count("| Framework | Built-in layer | Its `momentum`") for text in pages) == 1
+    assert not any("`momentum` weights |" in text or "`momentum` default" in text
+                   for text in pages)
 
 
 def expected_cells(convention: dict) -> dict[str, str]:

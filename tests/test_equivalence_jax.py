@@ -9,6 +9,7 @@ import pytest
 
 from d2l_bn import jax as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in JAX
+from page_equivalence import *  # noqa: F401,F403  the page's code against d2l_bn's
 from variants import *  # noqa: F401,F403  the exercises' variants, in JAX
 
 
@@ -118,6 +119,37 @@ class JaxAdapter:
 
     def logits_shape(self, name, **options):
         return self._model(name, **options)[1].shape
+
+    # The page's teaching code against d2l_bn's (tests/page_equivalence.py)
+    d2l = d2l
+    d2l_batch_norm = staticmethod(d2l.batch_norm)
+
+    def page_function(self, batch_norm, X, gamma, beta, training, dY):
+        C = len(gamma)
+        (Y, mean, var), pullback = jax.vjp(lambda X: batch_norm(
+            X, jnp.asarray(gamma), jnp.asarray(beta), jnp.full((C,), 0.5),
+            jnp.full((C,), 2.0), training=training), jnp.asarray(X))
+        dX, = pullback((jnp.asarray(dY), jnp.zeros_like(mean), jnp.zeros_like(var)))
+        return np.asarray(Y), np.asarray(dX), np.asarray(mean), np.asarray(var)
+
+    def page_layer(self, layer_class, C, ndim, X, dY):
+        layer = layer_class(C, ndim)
+        X = jnp.asarray(X)
+        variables = layer.init(jax.random.PRNGKey(0), X, train=False)
+        Y, pullback, updates = jax.vjp(
+            lambda X: layer.apply(variables, X, train=True, mutable=["batch_stats"]), X,
+            has_aux=True)
+        dX, = pullback(jnp.asarray(dY))
+        stats = updates["batch_stats"]
+        predicted = layer.apply({**variables, **updates}, X, train=False)
+        return tuple(np.asarray(a) for a in (Y, dX, stats["running_mean"],
+                                             stats["running_var"], predicted))
+
+    def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
+        Y, pullback = jax.vjp(lambda X: layer_norm(X, jnp.asarray(gamma), jnp.asarray(beta)),
+                              jnp.asarray(X))
+        dX, = pullback(jnp.asarray(dY))
+        return np.asarray(Y), np.asarray(dX)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from mxnet.gluon import nn
 
 from d2l_bn import mxnet as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in MXNet
+from page_equivalence import *  # noqa: F401,F403  the page's code against d2l_bn's
 from variants import *  # noqa: F401,F403  the exercises' variants, in MXNet
 
 npx.set_np()
@@ -95,6 +96,45 @@ class MXNetAdapter:
 
     def logits_shape(self, name, **options):
         return self._model(name, **options)[1].shape
+
+    # The page's teaching code against d2l_bn's (tests/page_equivalence.py)
+    d2l = d2l
+
+    @staticmethod
+    def d2l_batch_norm(*args, **options):
+        return d2l.batch_norm(mx.nd, *args, **options)  # run as written, not compiled
+
+    def page_function(self, batch_norm, X, gamma, beta, training, dY):
+        C = len(gamma)
+        X = np.array(X)
+        X.attach_grad()
+        with autograd.record(train_mode=training):
+            Y, mean, var = batch_norm(X, np.array(gamma), np.array(beta), np.full((C,), 0.5),
+                                      np.full((C,), 2.0), training=training)
+            loss = (Y * np.array(dY)).sum()
+        loss.backward()
+        return Y.asnumpy(), X.grad.asnumpy(), mean.asnumpy(), var.asnumpy()
+
+    def page_layer(self, layer_class, C, ndim, X, dY):
+        layer = layer_class(C, ndim)
+        layer.initialize()
+        X_ = np.array(X)
+        X_.attach_grad()
+        with autograd.record():
+            Y = layer(X_)
+            loss = (Y * np.array(dY)).sum()
+        loss.backward()
+        return (Y.asnumpy(), X_.grad.asnumpy(), layer.running_mean.data().asnumpy(),
+                layer.running_var.data().asnumpy(), layer(np.array(X)).asnumpy())
+
+    def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
+        X = np.array(X)
+        X.attach_grad()
+        with autograd.record():
+            Y = layer_norm(X, np.array(gamma), np.array(beta))
+            loss = (Y * np.array(dY)).sum()
+        loss.backward()
+        return Y.asnumpy(), X.grad.asnumpy()
 
 
 @pytest.fixture(scope="module")

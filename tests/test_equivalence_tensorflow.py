@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from d2l_bn import tensorflow as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in TensorFlow
+from page_equivalence import *  # noqa: F401,F403  the page's code against d2l_bn's
 from variants import *  # noqa: F401,F403  the exercises' variants, in TensorFlow
 
 
@@ -89,6 +90,39 @@ class TensorFlowAdapter:
 
     def logits_shape(self, name, **options):
         return self._model(name, **options)[1].shape
+
+    # The page's teaching code against d2l_bn's (tests/page_equivalence.py)
+    d2l = d2l
+    d2l_batch_norm = staticmethod(d2l.batch_norm)
+
+    def page_function(self, batch_norm, X, gamma, beta, training, dY):
+        C = len(gamma)
+        X = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y, mean, var = batch_norm(X, tf.constant(gamma), tf.constant(beta),
+                                      tf.fill([C], 0.5), tf.fill([C], 2.0), training=training)
+            loss = tf.reduce_sum(Y * dY)
+        return (Y.numpy(), tape.gradient(loss, X).numpy(), np.asarray(mean),
+                np.asarray(var))
+
+    def page_layer(self, layer_class, C, ndim, X, dY):
+        layer = layer_class(C, ndim)
+        X = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = layer(X, training=True)
+            loss = tf.reduce_sum(Y * dY)
+        return (Y.numpy(), tape.gradient(loss, X).numpy(), layer.running_mean.numpy(),
+                layer.running_var.numpy(), layer(X, training=False).numpy())
+
+    def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
+        X = tf.constant(X)
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = layer_norm(X, tf.constant(gamma), tf.constant(beta))
+            loss = tf.reduce_sum(Y * dY)
+        return Y.numpy(), tape.gradient(loss, X).numpy()
 
 
 @pytest.fixture(scope="module")

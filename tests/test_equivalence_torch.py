@@ -8,6 +8,7 @@ from torch import nn
 
 from d2l_bn import torch as d2l
 from equivalence import *  # noqa: F401,F403  the shared tests, run here in PyTorch
+from page_equivalence import *  # noqa: F401,F403  the page's code against d2l_bn's
 from variants import *  # noqa: F401,F403  the exercises' variants, in PyTorch
 
 
@@ -100,6 +101,36 @@ class TorchAdapter:
 
     def logits_shape(self, name, **options):
         return self._model(name, **options)[1].shape
+
+    # The page's teaching code against d2l_bn's (tests/page_equivalence.py)
+    d2l = d2l
+    d2l_batch_norm = staticmethod(d2l.batch_norm)
+
+    def page_function(self, batch_norm, X, gamma, beta, training, dY):
+        C = len(gamma)
+        X = torch.tensor(X, requires_grad=True)
+        Y, mean, var = batch_norm(X, torch.as_tensor(gamma), torch.as_tensor(beta),
+                                  torch.full((C,), 0.5), torch.full((C,), 2.0),
+                                  training=training)
+        (Y * torch.as_tensor(dY)).sum().backward()
+        return Y.detach().numpy(), X.grad.numpy(), mean.numpy(), var.numpy()
+
+    def page_layer(self, layer_class, C, ndim, X, dY):
+        layer = layer_class(C, ndim)  # in training mode
+        X_ = torch.tensor(X, requires_grad=True)
+        Y = layer(X_)
+        (Y * torch.as_tensor(dY)).sum().backward()
+        layer.eval()
+        with torch.no_grad():
+            predicted = layer(torch.as_tensor(X)).numpy()
+        return (Y.detach().numpy(), X_.grad.numpy(), layer.running_mean.numpy(),
+                layer.running_var.numpy(), predicted)
+
+    def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
+        X = torch.tensor(X, requires_grad=True)
+        Y = layer_norm(X, torch.as_tensor(gamma), torch.as_tensor(beta))
+        (Y * torch.as_tensor(dY)).sum().backward()
+        return Y.detach().numpy(), X.grad.numpy()
 
 
 @pytest.fixture(scope="module")

@@ -123,9 +123,9 @@ def output_text(cell) -> str:
 
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
 def test_every_output_is_exact_or_measured_and_asserted(source, framework, path):
-    """A measured cell's text is not compared, so its claim must be an assert: in the cell, or,
-    for a training cell (whose live figure nbval cannot compare), in a later code cell that
-    reads what the training cell made. Exact cells must not print what the floating-point path moves:
+    """A measured cell's text is not compared, so its claim must be an assert: in the cell, or
+    in a later code cell that reads what it made (a check cell, hidden on the website, or the
+    cell after a training cell, whose live figure nbval cannot compare). Exact cells must not print what the floating-point path moves:
     no training in them, and no round-off magnitudes (a bound such as "≤ 1e-06" is fine)."""
     cells = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
     for position, cell in enumerate(cells):
@@ -137,10 +137,12 @@ def test_every_output_is_exact_or_measured_and_asserted(source, framework, path)
                if not isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         training = trains(ast.Module(body=run, type_ignores=[]))
         if MEASURED in tags:
+            # its claim asserted in the cell, or in a later (check) cell that reads what it made
             made = assigned_names(tree)
             checked_after = any(asserts(later) and made & read_names(later)
                                 for later in map(ast.parse, (c.source for c in cells[position + 1:])))
-            assert asserts(tree) or (training and checked_after), \
+            followed_by_check = position + 1 < len(cells) and is_check_cell(cells[position + 1])
+            assert asserts(tree) or checked_after or followed_by_check, \
                 f"cell {cell.id} is measured, so its output is not compared, but nothing asserts " \
                 f"its claim: add an assert (with a margin over seeds: benchmarks/seeds.py)"
         else:
@@ -148,6 +150,33 @@ def test_every_output_is_exact_or_measured_and_asserted(source, framework, path)
             assert not ROUND_OFF.search(output_text(cell)), \
                 f"cell {cell.id} prints a round-off magnitude, compared as text: print a bound, " \
                 f"or tag the cell `{MEASURED}` and assert the bound"
+
+
+CHECK_TAG = "remove-cell"  # myst-nb leaves the cell out of the website; the notebook keeps it
+
+
+def is_check_cell(cell) -> bool:
+    """A check cell: hidden on the website, first line `# check: ...`, and it asserts."""
+    return (CHECK_TAG in cell.metadata.get("tags", []) and cell.source.startswith("# check: ")
+            and asserts(ast.parse(cell.source)))
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda source: source.stem)
+def test_checks_stay_out_of_the_readers_way(source):
+    """Every assert of a page is in a check cell, which the website does not show; a check cell
+    is short and says in its first line what it checks."""
+    for cell in pipeline.read_source(source).cells:
+        if cell.cell_type != "code":
+            continue
+        where = f"{pipeline.framework_of(cell)} cell {cell.source.splitlines()[0][:50]!r}"
+        if CHECK_TAG in cell.metadata.get("tags", []):
+            assert is_check_cell(cell), f"{where}: a hidden cell must be a check (`# check: ...`)"
+            assert len(cell.source.splitlines()) <= 12, f"{where}: a check cell is short"
+        else:
+            shown_asserts = [node for node in ast.walk(ast.parse(cell.source))
+                             if isinstance(node, ast.Assert)]
+            assert not shown_asserts, \
+                f"{where}: the website shows this assert; move it to a check cell after it"
 
 
 def test_the_output_rule_catches_what_it_should():
@@ -165,6 +194,12 @@ def definitions(code: str, prefix: str = "") -> dict[str, str]:
     tree = ast.parse(code)
     return {node.name: ast.get_source_segment(code, node).replace(prefix, "")
             for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+
+
+def taught(source) -> set[str]:
+    """Names a page declares taught (``d2l_bn: taught: [...]``): plain teaching versions of what
+    d2l_bn ships hardened, held equal to it by tests/page_equivalence.py, not textually."""
+    return set(pipeline.read_source(source).metadata.get("d2l_bn", {}).get("taught", []))
 
 
 def local_helpers(source) -> set[str]:
@@ -194,7 +229,14 @@ def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
         pytest.fail(f"{name} is declared a local helper of {source.name} but d2l_bn.{framework} "
                     f"ships a {name}: rename the helper")
     shows_local = bool(local & set(shown))
-    shown = {name: code for name, code in shown.items() if name not in local}
+    bound = (ROOT / "tests" / "page_equivalence.py").read_text()
+    for name in taught(source):
+        assert name in shown, f"{source.name} declares {name} taught but does not define it"
+        assert name in shipped, f"{source.name} teaches {name}, which d2l_bn.{framework} lacks"
+        assert f'page["{name}"]' in bound, \
+            f"{source.name} teaches {name}, but tests/page_equivalence.py does not bind it"
+    shown = {name: code for name, code in shown.items()
+             if name not in local and name not in taught(source)}
     # (a page on a subpackage may show none in a framework whose switch is a built-in argument;
     # the appendix shows only a helper of its own)
     assert shown or ships_from or shows_local, f"{source.name} shows no code of d2l_bn.{framework}"
@@ -245,6 +287,23 @@ def test_shown_code_is_short_teaching_code(source):
                          if isinstance(inner, (ast.FunctionDef, ast.ClassDef))
                          and "\n" in (ast.get_docstring(inner) or "")]
     assert not too_long, "\n".join(too_long)
+
+
+# The chapter's batch_norm and BatchNorm together: about the length of d2l's own (§8.5).
+MAX_LAYER_LINES = 40
+
+
+@pytest.mark.parametrize("framework", pipeline.FRAMEWORKS)
+def test_the_chapter_layer_reads_in_one_sitting(framework):
+    source = ROOT / "chapters" / "batch-norm.md"
+    lines = {}
+    for cell in pipeline.read_source(source).cells:
+        if cell.cell_type == "code" and pipeline.framework_of(cell) == framework:
+            for node in ast.parse(cell.source).body:
+                if getattr(node, "name", None) in ("batch_norm", "BatchNorm"):
+                    lines[node.name] = code_lines(cell.source, node)
+    assert set(lines) == {"batch_norm", "BatchNorm"}, lines
+    assert sum(lines.values()) <= MAX_LAYER_LINES, lines
 
 
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
