@@ -118,14 +118,9 @@ class MXNetAdapter:
     def page_layer(self, layer_class, C, ndim, X, dY):
         layer = layer_class(C, ndim)
         layer.initialize()
-        X_ = np.array(X)
-        X_.attach_grad()
-        with autograd.record():
-            Y = layer(X_)
-            loss = (Y * np.array(dY)).sum()
-        loss.backward()
-        return (Y.asnumpy(), X_.grad.asnumpy(), layer.running_mean.data().asnumpy(),
-                layer.running_var.data().asnumpy(), layer(np.array(X)).asnumpy())
+        Y, dX, _, _ = self.step(layer, X, dY)
+        return (Y, dX, layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy(),
+                layer(np.array(X)).asnumpy())
 
     def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
         X = np.array(X)
