@@ -32,7 +32,8 @@ class TorchAdapter:
         return layer
 
     def _affine(self, layer):
-        return (layer.gamma, layer.beta) if isinstance(layer, d2l.BatchNorm) \
+        # our layers (d2l_bn's and the page's) name them gamma and beta, nn.BatchNorm*d not
+        return (layer.gamma, layer.beta) if hasattr(layer, "gamma") \
             else (layer.weight, layer.bias)
 
     def step(self, layer, X, dY):
@@ -116,15 +117,10 @@ class TorchAdapter:
         return Y.detach().numpy(), X.grad.numpy(), mean.numpy(), var.numpy()
 
     def page_layer(self, layer_class, C, ndim, X, dY):
-        layer = layer_class(C, ndim)  # in training mode
-        X_ = torch.tensor(X, requires_grad=True)
-        Y = layer(X_)
-        (Y * torch.as_tensor(dY)).sum().backward()
-        layer.eval()
-        with torch.no_grad():
-            predicted = layer(torch.as_tensor(X)).numpy()
-        return (Y.detach().numpy(), X_.grad.numpy(), layer.running_mean.numpy(),
-                layer.running_var.numpy(), predicted)
+        layer = layer_class(C, ndim)
+        Y, dX, _, _ = self.step(layer, X, dY)
+        running_mean, running_var = self.running(layer)
+        return Y, dX, running_mean, running_var, self.predict(layer, X)
 
     def page_layer_norm(self, layer_norm, X, gamma, beta, dY):
         X = torch.tensor(X, requires_grad=True)

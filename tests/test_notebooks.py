@@ -125,8 +125,9 @@ def output_text(cell) -> str:
 def test_every_output_is_exact_or_measured_and_asserted(source, framework, path):
     """A measured cell's text is not compared, so its claim must be an assert: in the cell, or
     in a later code cell that reads what it made (a check cell, hidden on the website, or the
-    cell after a training cell, whose live figure nbval cannot compare). Exact cells must not print what the floating-point path moves:
-    no training in them, and no round-off magnitudes (a bound such as "≤ 1e-06" is fine)."""
+    cell after a training cell, whose live figure nbval cannot compare). Exact cells must not
+    print what the floating-point path moves: no training in them, and no round-off magnitudes
+    (a bound such as "≤ 1e-06" is fine)."""
     cells = [cell for cell in nbformat.read(path, as_version=4).cells if cell.cell_type == "code"]
     for position, cell in enumerate(cells):
         tags = cell.metadata.get("tags", [])
@@ -196,16 +197,12 @@ def definitions(code: str, prefix: str = "") -> dict[str, str]:
             for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
 
 
-def taught(source) -> set[str]:
-    """Names a page declares taught (``d2l_bn: taught: [...]``): plain teaching versions of what
-    d2l_bn ships hardened, held equal to it by tests/page_equivalence.py, not textually."""
-    return set(pipeline.read_source(source).metadata.get("d2l_bn", {}).get("taught", []))
-
-
-def local_helpers(source) -> set[str]:
-    """Names a page declares, in its front matter (``d2l_bn: local_helpers: [...]``), as helpers
-    of its own that d2l_bn does not ship (the exercises' `train`, for instance)."""
-    return set(pipeline.read_source(source).metadata.get("d2l_bn", {}).get("local_helpers", []))
+def declared(source, key: str) -> set[str]:
+    """Names a page lists in its front matter under ``d2l_bn: <key>: [...]``: ``local_helpers``,
+    helpers of its own that d2l_bn does not ship (the exercises' `train`, for instance);
+    ``taught``, plain teaching versions of what d2l_bn ships hardened, held equal to it by
+    tests/page_equivalence.py rather than textually."""
+    return set(pipeline.read_source(source).metadata.get("d2l_bn", {}).get(key, []))
 
 
 @pytest.mark.parametrize("source, framework, path", NOTEBOOKS, ids=IDS)
@@ -224,19 +221,19 @@ def test_what_the_chapter_defines_is_what_d2l_bn_ships(source, framework, path):
     if ships_from:
         shipped = definitions((ROOT / "d2l_bn" / ships_from / f"{framework}.py").read_text(),
                               prefix="d2l.")
-    local = local_helpers(source)
+    local, taught = declared(source, "local_helpers"), declared(source, "taught")
     for name in local & set(shipped):
         pytest.fail(f"{name} is declared a local helper of {source.name} but d2l_bn.{framework} "
                     f"ships a {name}: rename the helper")
     shows_local = bool(local & set(shown))
     bound = (ROOT / "tests" / "page_equivalence.py").read_text()
-    for name in taught(source):
+    for name in taught:
         assert name in shown, f"{source.name} declares {name} taught but does not define it"
         assert name in shipped, f"{source.name} teaches {name}, which d2l_bn.{framework} lacks"
         assert f'page["{name}"]' in bound, \
             f"{source.name} teaches {name}, but tests/page_equivalence.py does not bind it"
     shown = {name: code for name, code in shown.items()
-             if name not in local and name not in taught(source)}
+             if name not in local | taught}
     # (a page on a subpackage may show none in a framework whose switch is a built-in argument;
     # the appendix shows only a helper of its own)
     assert shown or ships_from or shows_local, f"{source.name} shows no code of d2l_bn.{framework}"
